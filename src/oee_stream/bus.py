@@ -1,0 +1,335 @@
+"""The MQTT bus contract (docs/bus.md) and a small asyncio-friendly paho-mqtt client.
+
+Topics (version 1):
+    oee/v1/{site}/{machine}/{signal}            samples from connectors (QoS 1)
+    oee/v1/{site}/_status/{connector}           connector online/offline, retained, set as MQTT last will
+    oee/v1/{site}/{machine}/_oee/{window}       KPI results from the engine (retained)
+    oee/v1/{site}/_deadletter                   rejected telemetry with its reason
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import orjson
+import paho.mqtt.client as mqtt
+
+BUS_VERSION = 1
+PREFIX = f"oee/v{BUS_VERSION}"
+
+Quality = Literal["good", "uncertain", "bad"]
+QUALITIES: tuple[Quality, ...] = ("good", "uncertain", "bad")
+
+# Signals the engine understands; any other signal name is informational (stored, not used for KPIs).
+KPI_SIGNALS = ("state", "run", "total", "reject", "good", "input", "product")
+
+
+class PayloadError(ValueError):
+    """A message that does not follow the bus contract; the reason goes to the dead-letter topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    machine: str
+    signal: str
+    ts: float  # source timestamp, UTC epoch seconds
+    value: float | str | bool | None
+    quality: Quality = "good"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatus:
+    connector: str
+    state: Literal["online", "offline"]
+    ts: float
+    machines: tuple[str, ...] = ()
+
+
+def sample_topic(site: str, machine: str, signal: str) -> str:
+    return f"{PREFIX}/{site}/{machine}/{signal}"
+
+
+def status_topic(site: str, connector: str) -> str:
+    return f"{PREFIX}/{site}/_status/{connector}"
+
+
+def result_topic(site: str, machine: str, window: str) -> str:
+    return f"{PREFIX}/{site}/{machine}/_oee/{window}"
+
+
+def deadletter_topic(site: str) -> str:
+    return f"{PREFIX}/{site}/_deadletter"
+
+
+def encode_samples(connector: str, samples: Sequence[Sample]) -> bytes:
+    """One message carries samples of one machine and signal (the topic says which)."""
+    return orjson.dumps(
+        {
+            "v": BUS_VERSION,
+            "connector": connector,
+            "samples": [{"ts": s.ts, "value": s.value, "q": s.quality} for s in samples],
+        }
+    )
+
+
+def encode_status(status: ConnectorStatus) -> bytes:
+    return orjson.dumps(
+        {"v": BUS_VERSION, "connector": status.connector, "state": status.state, "ts": status.ts,
+         "machines": list(status.machines)}
+    )
+
+
+def parse_topic(topic: str) -> tuple[str, str, str] | None:
+    """Return (site, machine, signal) for a sample topic, None for any other topic of ours."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "oee" or parts[1] != f"v{BUS_VERSION}":
+        return None
+    if parts[3].startswith("_") or parts[4].startswith("_"):
+        return None
+    return parts[2], parts[3], parts[4]
+
+
+def decode_samples(topic: str, payload: bytes) -> tuple[str, list[Sample]]:
+    """Decode a sample message; raise PayloadError naming what is wrong."""
+    parsed = parse_topic(topic)
+    if parsed is None:
+        raise PayloadError(f"topic {topic!r} is not oee/v{BUS_VERSION}/<site>/<machine>/<signal>")
+    _site, machine, signal = parsed
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"payload is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise PayloadError("payload must be a JSON object")
+    if body.get("v") != BUS_VERSION:
+        raise PayloadError(f"payload field 'v' must be {BUS_VERSION}, got {body.get('v')!r}")
+    raw = body.get("samples")
+    if not isinstance(raw, list) or not raw:
+        raise PayloadError("payload field 'samples' must be a non-empty list")
+    out: list[Sample] = []
+    for i, s in enumerate(raw):
+        if not isinstance(s, dict):
+            raise PayloadError(f"samples[{i}] must be an object")
+        ts = s.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+            raise PayloadError(f"samples[{i}].ts must be epoch seconds (a finite number), got {ts!r}")
+        q = s.get("q", "good")
+        if q not in QUALITIES:
+            raise PayloadError(f"samples[{i}].q must be one of {list(QUALITIES)}, got {q!r}")
+        value = s.get("value")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PayloadError(f"samples[{i}].value must be finite, got {value!r}")
+        if value is not None and not isinstance(value, int | float | str | bool):
+            raise PayloadError(f"samples[{i}].value must be a number, string or bool, got {type(value).__name__}")
+        if value is None and q == "good":
+            raise PayloadError(f"samples[{i}].value is null with quality 'good'")
+        out.append(Sample(machine, signal, float(ts), value, q))
+    connector = body.get("connector")
+    return (connector if isinstance(connector, str) else ""), out
+
+
+def decode_status(payload: bytes) -> ConnectorStatus:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"status payload is not JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("state") not in ("online", "offline"):
+        raise PayloadError("status payload needs 'state': 'online' | 'offline'")
+    ts = body.get("ts")
+    return ConnectorStatus(
+        connector=str(body.get("connector", "")),
+        state=body["state"],
+        ts=float(ts) if isinstance(ts, int | float) else time.time(),
+        machines=tuple(str(m) for m in body.get("machines", []) or []),
+    )
+
+
+# --------------------------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_id: str | None = None
+    keepalive_s: int = 30
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme in ("mqtts", "ssl") or self.ca_file is not None
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass
+class _Will:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class BusClient:
+    """paho-mqtt v2 in its own network thread, bridged to asyncio.
+
+    Publishing is QoS 1 and `publish_and_wait` returns only when the broker acknowledged (PUBACK), which
+    is what store-and-forward needs before deleting anything from its spool. Incoming messages land in a
+    bounded asyncio queue; when it is full, paho's thread blocks, which back-pressures the broker.
+    """
+
+    settings: MqttSettings
+    subscriptions: Sequence[str] = ()
+    will: _Will | None = None
+    queue_size: int = 10_000
+    on_connect_messages: list[Message] = field(default_factory=list)
+    _client: mqtt.Client = field(init=False)
+    _loop: asyncio.AbstractEventLoop = field(init=False)
+    _queue: asyncio.Queue[Message] = field(init=False)
+    _connected: asyncio.Event = field(init=False)
+    _thread_connected: threading.Event = field(init=False)
+
+    def __post_init__(self) -> None:
+        cid = self.settings.client_id or f"oee-stream-{uuid.uuid4().hex[:10]}"
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cid,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if self.settings.username:
+            self._client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.tls:
+            ctx = ssl.create_default_context(cafile=self.settings.ca_file)
+            if self.settings.cert_file:
+                ctx.load_cert_chain(self.settings.cert_file, self.settings.key_file)
+            self._client.tls_set_context(ctx)
+        if self.will is not None:
+            self._client.will_set(self.will.topic, self.will.payload, qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.max_queued_messages_set(0)
+        self._client.max_inflight_messages_set(100)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._thread_connected = threading.Event()
+
+    def set_will(self, topic: str, payload: bytes) -> None:
+        self.will = _Will(topic, payload)
+        self._client.will_set(topic, payload, qos=1, retain=True)
+
+    # paho callbacks run in paho's thread
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):
+            return
+        for t in self.subscriptions:
+            client.subscribe(t, qos=1)
+        for m in self.on_connect_messages:
+            client.publish(m.topic, m.payload, qos=1, retain=m.retain)
+        self._thread_connected.set()
+        self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        self._thread_connected.clear()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        m = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
+        fut = asyncio.run_coroutine_threadsafe(self._queue.put(m), self._loop)
+        with contextlib.suppress(Exception):
+            fut.result(timeout=60)
+
+    @property
+    def connected(self) -> bool:
+        return self._thread_connected.is_set()
+
+    async def __aenter__(self) -> BusClient:
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue(self.queue_size)
+        self._connected = asyncio.Event()
+        # connect_async + loop_start: paho keeps retrying in its thread, so a broker that is down at
+        # start-up is not fatal; callers wait on `wait_connected` with their own timeout.
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._client.loop_start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def publish_and_wait(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; raise TimeoutError or ConnectionError."""
+        if not self.connected:
+            raise ConnectionError("not connected to the MQTT broker")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+        deadline = time.monotonic() + timeout
+        while not info.is_published():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker did not acknowledge {topic} within {timeout}s")
+            if not self.connected:
+                raise ConnectionError("connection lost before the broker acknowledged")
+            await asyncio.sleep(0.005)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self._queue.get()
+
+    def drain(self, limit: int) -> list[Message]:
+        out: list[Message] = []
+        while len(out) < limit:
+            try:
+                out.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return out
+
+    async def get(self) -> Message:
+        return await self._queue.get()
+
+
+def status_messages(site: str, connector: str, machines: Iterable[str]) -> tuple[bytes, bytes]:
+    """(online payload, offline payload) for a connector's retained status and its last will."""
+    ms = tuple(machines)
+    now = time.time()
+    return (
+        encode_status(ConnectorStatus(connector, "online", now, ms)),
+        encode_status(ConnectorStatus(connector, "offline", now, ms)),
+    )
