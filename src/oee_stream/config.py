@@ -58,6 +58,7 @@ class Product(_Strict):
 
     ideal_cycle_time_s: Annotated[float, Field(gt=0)] | None = None
     ideal_rate_per_h: Annotated[float, Field(gt=0)] | None = None
+    code: int | None = None  # numeric product code a PLC reports instead of the name
 
     @model_validator(mode="after")
     def _one_of(self) -> Product:
@@ -140,6 +141,12 @@ class Machine(_Strict):
     default_product: str | None = None
     microstop_threshold_s: Annotated[float, Field(ge=0)] | None = None
     target_oee: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @field_validator("products", mode="before")
+    @classmethod
+    def _product_keys(cls, v: Any) -> Any:
+        # Alloy names like 6063 arrive from YAML as integers.
+        return {str(k): p for k, p in v.items()} if isinstance(v, Mapping) else v
 
     @model_validator(mode="after")
     def _check(self) -> Machine:
