@@ -1,0 +1,1 @@
+"""Persistence: schema migrations, the buffered async writer and the read queries."""
