@@ -1,0 +1,317 @@
+"""OPC UA subscription connector (asyncua).
+
+Subscribes to data changes (no polling) with the configured publishing and sampling intervals. Every
+notification becomes a Sample stamped with the value's SourceTimestamp (falling back to the server
+timestamp, then the receive time); its StatusCode gives the quality (Good → good, Uncertain → uncertain,
+Bad → bad with value null). Node sets larger than `max_nodes_per_subscription` are split over several
+subscriptions.
+
+Connection loss is detected by a periodic read of the server state node (and by subscription status
+changes); the connector then publishes every node as ``bad`` once (the engine counts the time as
+``unknown``), and reconnects with exponential backoff using a fresh Client and fresh subscriptions —
+asyncua cannot reuse a Client after its connection broke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError
+
+from oee_stream.bus import MqttSettings, Quality, Sample
+from oee_stream.connectors.base import Backoff, BaseConnector, register_connector
+from oee_stream.connectors.config import OpcUaConfig, OpcUaNode, ResolvedOpcUaGroup
+
+log = logging.getLogger(__name__)
+
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+_MODES = {
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+
+
+class ConnectionLost(ConnectionError):
+    """The server stopped answering or reported the subscription dead."""
+
+
+def to_epoch(dt: datetime | None) -> float | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # asyncua returns aware UTC; be safe with naive ones
+        dt = dt.replace(tzinfo=UTC)
+    ts = dt.timestamp()
+    # OPC UA "null" DateTime (1601-01-01) or anything before 1970 means "not given"
+    return ts if ts > 0 else None
+
+
+def quality_of(status: ua.StatusCode | None) -> Quality:
+    if status is None:
+        return "good"
+    if status.is_good():
+        return "good"
+    if status.is_uncertain():
+        return "uncertain"
+    return "bad"
+
+
+def convert_value(value: Any) -> float | int | str | bool | None:
+    """An OPC UA variant value → a bus value (number, string, bool); None if it has no scalar form."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, Enum):
+        return int(value.value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, ua.LocalizedText):
+        return value.Text
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return to_epoch(value)
+    return str(value)
+
+
+def sample_from_datavalue(machine: str, signal: str, dv: ua.DataValue, received: float) -> Sample:
+    ts = to_epoch(dv.SourceTimestamp) or to_epoch(dv.ServerTimestamp) or received
+    q = quality_of(dv.StatusCode)
+    value = None if q == "bad" else convert_value(dv.Value.Value if dv.Value is not None else None)
+    if value is None and q != "bad":
+        q = "bad"
+    return Sample(machine, signal, ts, value, q)
+
+
+def chunks(seq: Sequence[OpcUaNode], size: int) -> list[Sequence[OpcUaNode]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+@dataclass(frozen=True)
+class _Target:
+    machine: str
+    signal: str
+
+
+class _Handler:
+    """asyncua subscription callbacks → samples (called from asyncua's tasks, never awaits)."""
+
+    def __init__(self, conn: OpcUaConnector, emit: Callable[[list[Sample]], None]) -> None:
+        self.conn = conn
+        self.emit = emit
+        self.targets: dict[int, _Target] = {}  # client handle → (machine, signal)
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        item = data.monitored_item
+        target = self.targets.get(item.ClientHandle)
+        if target is None:
+            return
+        try:
+            sample = sample_from_datavalue(target.machine, target.signal, item.Value, time.time())
+        except Exception:  # a malformed value must not stop the subscription
+            log.exception("connector %s: cannot convert value of %s", self.conn.id, node)
+            sample = Sample(target.machine, target.signal, time.time(), None, "bad")
+        self.emit([sample])
+
+    def status_change_notification(self, status: Any) -> None:
+        code = getattr(status, "Status", status)
+        if isinstance(code, ua.StatusCode) and not code.is_good():
+            self.lost_reason = f"subscription status {code.name}"
+            self.lost.set()
+
+    def event_notification(self, event: Any) -> None:  # not used
+        pass
+
+
+@register_connector("opcua")
+class OpcUaConnector(BaseConnector):
+    kind = "opcua"
+    cfg: OpcUaConfig
+
+    def __init__(self, cfg: OpcUaConfig, bus_settings: MqttSettings) -> None:
+        super().__init__(cfg, bus_settings)
+        self.stats.extra.update({"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0})
+
+    def _all_nodes(self) -> list[OpcUaNode]:
+        return [n for g in self.cfg.groups() for n in g.nodes]
+
+    def _bad_all(self) -> list[Sample]:
+        now = time.time()
+        return [Sample(n.machine, n.signal, now, None, "bad") for n in self._all_nodes()]
+
+    async def run_source(self, emit: Callable[[list[Sample]], None]) -> None:
+        backoff = Backoff(self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
+        healthy = True  # "was fine until now": the first failure marks all nodes bad once
+        connected_before = False
+        while True:
+            handler = _Handler(self, emit)
+
+            def on_up(handler: _Handler = handler) -> None:
+                nonlocal healthy, connected_before
+                if connected_before:
+                    self.stats.reconnects += 1
+                connected_before = True
+                healthy = True
+                backoff.reset()
+                self.stats.source_connected = True
+
+            try:
+                await self._session(handler, on_up)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.source_errors += 1
+                log.log(logging.WARNING if healthy else logging.DEBUG,
+                        "connector %s: OPC UA %s: %r", self.id, self.cfg.endpoint, exc)
+            self.stats.source_connected = False
+            if healthy:
+                emit(self._bad_all())
+                healthy = False
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _make_client(self) -> Client:
+        cfg = self.cfg
+        client = Client(cfg.endpoint, timeout=cfg.timeout_s)
+        if cfg.username is not None and cfg.password is not None:
+            client.set_user(cfg.username)
+            client.set_password(cfg.password)
+        if cfg.security_policy != "None":
+            assert cfg.certificate is not None and cfg.private_key is not None  # validated
+            await client.set_security(
+                _POLICIES[cfg.security_policy],
+                certificate=cfg.certificate,
+                private_key=cfg.private_key,
+                private_key_password=cfg.private_key_password,
+                server_certificate=cfg.server_certificate,
+                mode=_MODES[cfg.security_mode],
+            )
+        return client
+
+    async def _session(self, handler: _Handler, on_up: Callable[[], None]) -> None:
+        """One connection: connect, subscribe, watch; returns never, raises when the connection is lost."""
+        client = await self._make_client()
+        try:
+            await asyncio.wait_for(client.connect(), self.cfg.timeout_s * 2)
+        except BaseException:
+            await self._close(client)
+            raise
+        try:
+            await self._subscribe_all(client, handler)
+            on_up()
+            log.info("connector %s: subscribed to %d nodes on %s", self.id, len(handler.targets), self.cfg.endpoint)
+            await self._watch(client, handler)
+        finally:
+            await self._close(client)
+
+    async def _resolve(self, client: Client, node_id: str) -> ua.NodeId:
+        nid = ua.NodeId.from_string(node_id)
+        if isinstance(nid, ua.ExpandedNodeId) and nid.NamespaceUri:
+            idx = await client.get_namespace_index(nid.NamespaceUri)
+            return ua.NodeId(nid.Identifier, ua.Int16(idx), nid.NodeIdType)
+        return nid
+
+    async def _subscribe_all(self, client: Client, handler: _Handler) -> None:
+        handle = 0
+        subs = 0
+        for group in self.cfg.groups():
+            for part in chunks(group.nodes, self.cfg.max_nodes_per_subscription):
+                sub = await asyncio.wait_for(
+                    client.create_subscription(self._sub_params(group), handler), self.cfg.timeout_s * 2
+                )
+                subs += 1
+                requests: list[ua.MonitoredItemCreateRequest] = []
+                for n in part:
+                    handle += 1
+                    handler.targets[handle] = _Target(n.machine, n.signal)
+                    requests.append(self._item_request(await self._resolve(client, n.node_id), handle, group, n))
+                results = await asyncio.wait_for(sub.create_monitored_items(requests), self.cfg.timeout_s * 2)
+                for n, res in zip(part, results, strict=True):
+                    if isinstance(res, ua.StatusCode):
+                        self.stats.extra["bad_nodes"] += 1
+                        self.stats.source_errors += 1
+                        log.error("connector %s: cannot monitor %s (%s/%s): %s",
+                                  self.id, n.node_id, n.machine, n.signal, res.name)
+                        handler.emit([Sample(n.machine, n.signal, time.time(), None, "bad")])
+        self.stats.extra["subscriptions"] = subs
+        self.stats.extra["monitored_items"] = handle
+
+    def _sub_params(self, group: ResolvedOpcUaGroup) -> ua.CreateSubscriptionParameters:
+        p = ua.CreateSubscriptionParameters()
+        p.RequestedPublishingInterval = group.publishing_interval_ms
+        # keep-alive at least every ~5 s so a silent server is noticed; lifetime = 3 × keep-alive (spec)
+        keepalive = max(1, math.ceil(5000 / group.publishing_interval_ms))
+        p.RequestedMaxKeepAliveCount = keepalive
+        p.RequestedLifetimeCount = keepalive * 3
+        p.MaxNotificationsPerPublish = 10000
+        p.PublishingEnabled = True
+        p.Priority = 0
+        return p
+
+    def _item_request(
+        self, nid: ua.NodeId, handle: int, group: ResolvedOpcUaGroup, node: OpcUaNode
+    ) -> ua.MonitoredItemCreateRequest:
+        rv = ua.ReadValueId()
+        rv.NodeId = nid
+        rv.AttributeId = AttributeIds.Value
+        mp = ua.MonitoringParameters()
+        mp.ClientHandle = handle
+        mp.SamplingInterval = group.sampling_interval_ms
+        mp.QueueSize = self.cfg.queue_size
+        mp.DiscardOldest = True
+        deadband = node.deadband if node.deadband is not None else group.deadband
+        if deadband > 0:
+            f = ua.DataChangeFilter()
+            f.Trigger = ua.DataChangeTrigger.StatusValue
+            f.DeadbandType = ua.DeadbandType.Absolute
+            f.DeadbandValue = deadband
+            mp.Filter = f
+        req = ua.MonitoredItemCreateRequest()
+        req.ItemToMonitor = rv
+        req.MonitoringMode = ua.MonitoringMode.Reporting
+        req.RequestedParameters = mp
+        return req
+
+    async def _watch(self, client: Client, handler: _Handler) -> None:
+        """Probe the server state node every watchdog interval; raise ConnectionLost on failure."""
+        state_node = client.get_node(ObjectIds.Server_ServerStatus_State)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(handler.lost.wait(), self.cfg.watchdog_interval_s)
+            if handler.lost.is_set():
+                raise ConnectionLost(handler.lost_reason)
+            try:
+                state = await asyncio.wait_for(state_node.read_value(), self.cfg.timeout_s)
+            except (TimeoutError, OSError, ConnectionError, UaError) as exc:
+                raise ConnectionLost(f"server state read failed: {exc!r}") from exc
+            if state not in (ua.ServerState.Running, 0):
+                raise ConnectionLost(f"server state is {state!r}")
+
+    async def _close(self, client: Client) -> None:
+        """Disconnect within a bounded time; on a dead connection just drop the socket."""
+        try:
+            await asyncio.wait_for(client.disconnect(), min(self.cfg.timeout_s, 2.0))
+        except BaseException as exc:  # includes CancelledError: still drop the socket, then re-raise
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+            if isinstance(exc, asyncio.CancelledError):
+                raise

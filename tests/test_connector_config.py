@@ -1,0 +1,290 @@
+"""Connector definitions: validation errors name file, field and allowed values; ${VAR:-default}; plant check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from oee_stream.bus import MqttSettings
+from oee_stream.config import ConfigError, load_plant
+from oee_stream.connectors import (
+    Connector,
+    ModbusConfig,
+    OpcUaConfig,
+    build_connector,
+    check_connectors,
+    connector_kinds,
+    expand_env,
+    load_connectors,
+    parse_connector,
+)
+from oee_stream.connectors.envsubst import EnvSubstError
+
+REPO = Path(__file__).resolve().parent.parent
+PLANT = REPO / "deploy" / "demo" / "plant.yaml"
+
+
+def opcua(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": "opcua",
+        "id": "ua",
+        "site": "alu-works",
+        "endpoint": "opc.tcp://127.0.0.1:4840/x/",
+        "nodes": [{"node_id": "ns=2;s=press-1.State", "machine": "press-1", "signal": "state"}],
+    }
+    d.update(over)
+    return d
+
+
+def modbus(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": "modbus",
+        "id": "mb",
+        "site": "alu-works",
+        "controller": "tcp://127.0.0.1:502",
+        "registers": [{"machine": "furnace-1", "signal": "state", "address": 0}],
+    }
+    d.update(over)
+    return d
+
+
+def write(tmp_path: Path, name: str, data: Any) -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def error_of(data: Any, source: str = "connectors/x.yaml", env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_connector(data, source, env=env or {})
+    return str(ei.value)
+
+
+# ------------------------------------------------------------------------------------------ demo files
+
+
+def test_demo_connectors_load_and_fit_the_demo_plant() -> None:
+    configs = load_connectors(REPO / "connectors", env={})
+    kinds = {c.kind: c for c in configs}
+    assert set(kinds) == {"opcua", "modbus"}
+    ua_cfg, mb_cfg = kinds["opcua"], kinds["modbus"]
+    assert isinstance(ua_cfg, OpcUaConfig) and isinstance(mb_cfg, ModbusConfig)
+    assert ua_cfg.endpoint == "opc.tcp://127.0.0.1:4840/oee-stream/sim/"
+    assert set(ua_cfg.machines) == {"press-1", "caster-1"}
+    assert mb_cfg.machines == ("furnace-1",)
+    signals = {s for _, m, s in mb_cfg.signal_refs()}
+    assert signals == {"state", "total", "input", "reject", "temperature", "product"}
+    check_connectors(load_plant(PLANT), configs)
+    assert ua_cfg.source is not None and ua_cfg.source.name == "opcua-demo.yaml"
+
+
+def test_demo_endpoints_are_overridable_from_the_environment() -> None:
+    env = {
+        "OEE_SIM_OPCUA_ENDPOINT": "opc.tcp://127.0.0.1:48999/oee-stream/sim/",
+        "OEE_SIM_MODBUS_CONTROLLER": "tcp://127.0.0.1:15020",
+    }
+    configs = {c.kind: c for c in load_connectors(REPO / "connectors", env=env)}
+    assert configs["opcua"].endpoint == env["OEE_SIM_OPCUA_ENDPOINT"]
+    assert configs["modbus"].port == 15020
+
+
+def test_build_connector_dispatches_on_kind() -> None:
+    assert connector_kinds() == ["modbus", "opcua"]
+    for cfg in load_connectors(REPO / "connectors", env={}):
+        conn = build_connector(cfg, MqttSettings("mqtt://127.0.0.1:1"))
+        assert isinstance(conn, Connector)
+        assert conn.id == cfg.id and conn.machines == cfg.machines
+        assert conn.stats.as_dict()["samples_published"] == 0
+
+
+# ------------------------------------------------------------------------------------------ env substitution
+
+
+def test_expand_env_forms() -> None:
+    env = {"A": "x", "EMPTY": ""}
+    assert expand_env("${A}", env) == "x"
+    assert expand_env("pre-${A}-post", env) == "pre-x-post"
+    assert expand_env("${B:-dflt}", env) == "dflt"
+    assert expand_env("${EMPTY:-dflt}", env) == "dflt"
+    assert expand_env("${EMPTY-dflt}", env) == ""
+    assert expand_env("${B-dflt}", env) == "dflt"
+    assert expand_env("${A:-dflt}", env) == "x"
+    assert expand_env("${B:-opc.tcp://h:4840/a/b/}", env) == "opc.tcp://h:4840/a/b/"
+    assert expand_env("$${A} $A", env) == "${A} $A"
+    with pytest.raises(EnvSubstError, match="B is not set"):
+        expand_env("${B}", env)
+    with pytest.raises(EnvSubstError, match="malformed"):
+        expand_env("${1abc}", env)
+
+
+def test_env_substitution_in_numbers_and_nested_fields() -> None:
+    cfg = parse_connector(
+        modbus(slave_id="${SLAVE:-7}", controller="tcp://${HOST:-127.0.0.1}:${PORT}"),
+        env={"PORT": "1502"},
+    )
+    assert isinstance(cfg, ModbusConfig)
+    assert cfg.slave_id == 7 and cfg.host == "127.0.0.1" and cfg.port == 1502
+
+
+def test_unset_variable_error_names_file_and_field() -> None:
+    msg = error_of(opcua(endpoint="${NOPE}"), "connectors/ua.yaml")
+    assert "connectors/ua.yaml" in msg and "endpoint" in msg and "NOPE is not set" in msg
+    msg = error_of(opcua(nodes=[{"node_id": "${X}", "machine": "m", "signal": "s"}]))
+    assert "nodes.0.node_id" in msg
+
+
+# ------------------------------------------------------------------------------------------ validation errors
+
+
+def test_unknown_kind_lists_allowed_kinds() -> None:
+    msg = error_of({"kind": "s7", "id": "x", "site": "s"}, "connectors/s7.yaml")
+    assert "connectors/s7.yaml" in msg and "kind" in msg and "'modbus'" in msg and "'opcua'" in msg
+    msg = error_of({"id": "x"})
+    assert "kind: required field is missing" in msg
+
+
+def test_unknown_key_names_file_and_field() -> None:
+    msg = error_of(opcua(publish_interval=100), "connectors/ua.yaml")
+    assert msg.startswith("connectors/ua.yaml: invalid configuration")
+    assert "publish_interval: unknown key" in msg
+
+
+def test_bad_security_policy_names_allowed_values() -> None:
+    msg = error_of(opcua(security_policy="Basic128Rsa15"))
+    assert "security_policy" in msg
+    for allowed in ("'None'", "'Basic256Sha256'", "'Aes128_Sha256_RsaOaep'", "'Aes256_Sha256_RsaPss'"):
+        assert allowed in msg
+
+
+def test_security_policy_and_mode_must_fit() -> None:
+    msg = error_of(opcua(security_policy="Basic256Sha256"))
+    assert "security_mode" in msg and "SignAndEncrypt" in msg
+    msg = error_of(opcua(security_policy="Basic256Sha256", security_mode="Sign"))
+    assert "certificate and private_key" in msg
+    cfg = parse_connector(
+        opcua(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", certificate="c.der",
+              private_key="k.pem", username="u", password="p"),
+        env={},
+    )
+    assert isinstance(cfg, OpcUaConfig) and cfg.security_mode == "SignAndEncrypt"
+    assert "username and password" in error_of(opcua(username="u"))
+
+
+def test_bad_endpoint_and_node_id() -> None:
+    assert "opc.tcp://host:port/path" in error_of(opcua(endpoint="http://x"))
+    msg = error_of(opcua(nodes=[{"node_id": "ns=x;q=1", "machine": "press-1", "signal": "state"}]))
+    assert "nodes.0.node_id" in msg and "not an OPC UA NodeId" in msg
+
+
+def test_missing_nodes_and_duplicate_signals() -> None:
+    assert "no nodes" in error_of(opcua(nodes=[]))
+    node = {"node_id": "ns=2;s=a", "machine": "press-1", "signal": "state"}
+    msg = error_of(opcua(nodes=[node], node_groups=[{"nodes": [dict(node, node_id="ns=2;s=b")]}]))
+    assert "node_groups.0.nodes.0" in msg and "already produced by nodes.0" in msg
+
+
+def test_topic_unsafe_names_rejected() -> None:
+    msg = error_of(opcua(nodes=[{"node_id": "ns=2;s=a", "machine": "press/1", "signal": "state"}]))
+    assert "nodes.0.machine" in msg
+    msg = error_of(opcua(nodes=[{"node_id": "ns=2;s=a", "machine": "press-1", "signal": "_status"}]))
+    assert "nodes.0.signal" in msg
+
+
+def test_node_groups_inherit_intervals() -> None:
+    cfg = parse_connector(
+        opcua(
+            publishing_interval_ms=500, sampling_interval_ms=100, deadband=0.5,
+            node_groups=[
+                {"name": "slow", "publishing_interval_ms": 5000, "nodes": [
+                    {"node_id": "ns=2;s=t", "machine": "press-1", "signal": "temperature"}]},
+                {"sampling_interval_ms": 0, "deadband": 0, "nodes": [
+                    {"node_id": "ns=2;s=r", "machine": "press-1", "signal": "run"}]},
+            ],
+        ),
+        env={},
+    )
+    assert isinstance(cfg, OpcUaConfig)
+    default, slow, other = cfg.groups()
+    assert (default.publishing_interval_ms, default.sampling_interval_ms, default.deadband) == (500, 100, 0.5)
+    assert (slow.name, slow.publishing_interval_ms, slow.sampling_interval_ms) == ("slow", 5000, 100)
+    assert (other.name, other.publishing_interval_ms, other.sampling_interval_ms, other.deadband) == (
+        "group-1", 500, 0, 0)
+
+
+def test_modbus_register_errors() -> None:
+    msg = error_of(modbus(byte_order="ABDC"))
+    assert "byte_order" in msg and "'ABCD'" in msg and "'CDAB'" in msg
+    msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "register": "holdings", "address": 0}]))
+    assert "registers.0.register" in msg and "'holding'" in msg and "'coil'" in msg
+    msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "address": 0, "type": "float"}]))
+    assert "registers.0.type" in msg and "'float32'" in msg
+    msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "address": 70000}]))
+    assert "registers.0.address" in msg
+    msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "register": "coil", "address": 0,
+                                      "type": "uint16"}]))
+    assert "registers.0" in msg and "type must be 'bool'" in msg
+    assert "needs `bit`" in error_of(modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "type": "bit"}]))
+    assert "only allowed with type 'bit'" in error_of(
+        modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "bit": 3}]))
+    assert "tcp://host:port" in error_of(modbus(controller="udp://1.2.3.4:502"))
+    assert "contradicts" in error_of(modbus(controller="tcp://h:502", transmission_mode="RTUoverTCP"))
+    assert "groups.0.registers" in error_of(modbus(groups=[{"registers": []}]))
+
+
+def test_modbus_rtu_over_tcp_and_groups() -> None:
+    cfg = parse_connector(
+        modbus(controller="rtu-over-tcp://10.0.0.5:4001", poll_interval_ms=250,
+               groups=[{"name": "slow", "poll_interval_ms": 5000, "registers": [
+                   {"machine": "furnace-1", "signal": "temperature", "address": 7, "type": "float32"}]}]),
+        env={},
+    )
+    assert isinstance(cfg, ModbusConfig)
+    assert cfg.rtu_over_tcp and cfg.host == "10.0.0.5" and cfg.port == 4001
+    assert [(g.name, g.poll_interval_ms) for g in cfg.poll_groups()] == [("default", 250), ("slow", 5000)]
+
+
+# ------------------------------------------------------------------------------------------ files and plant
+
+
+def test_load_directory_and_duplicate_ids(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", opcua())
+    write(tmp_path, "b.yml", modbus())
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert [c.id for c in load_connectors(tmp_path, env={})] == ["ua", "mb"]
+    write(tmp_path, "c.yaml", modbus(registers=[{"machine": "caster-1", "signal": "x", "address": 0}]))
+    with pytest.raises(ConfigError) as ei:
+        load_connectors(tmp_path, env={})
+    assert "c.yaml: id: connector id 'mb' is already used by" in str(ei.value) and "b.yml" in str(ei.value)
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    p = write(tmp_path, "bad.yaml", opcua(timeout_s=-1))
+    with pytest.raises(ConfigError) as ei:
+        load_connectors([p], env={})
+    assert str(p) in str(ei.value) and "timeout_s" in str(ei.value)
+    (tmp_path / "broken.yaml").write_text("kind: [opcua\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_connectors(tmp_path / "broken.yaml", env={})
+    (tmp_path / "list.yaml").write_text("- a\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_connectors(tmp_path / "list.yaml", env={})
+
+
+def test_check_connectors_names_file_field_and_allowed_machines(tmp_path: Path) -> None:
+    plant = load_plant(PLANT)
+    p = write(tmp_path, "ua.yaml", opcua(nodes=[
+        {"node_id": "ns=2;s=a", "machine": "press-1", "signal": "state"},
+        {"node_id": "ns=2;s=b", "machine": "press-9", "signal": "total"},
+    ]))
+    q = write(tmp_path, "mb.yaml", modbus(site="other-site", registers=[
+        {"machine": "press-1", "signal": "state", "address": 0}]))
+    with pytest.raises(ConfigError) as ei:
+        check_connectors(plant, load_connectors([p, q], env={}))
+    msg = str(ei.value)
+    assert f"{p}: nodes.1.machine: 'press-9' is not a machine of the plant" in msg
+    assert "'caster-1'" in msg and "'furnace-1'" in msg
+    assert f"{q}: site: 'other-site'" in msg and "'alu-works'" in msg
+    assert f"{q}: registers.0: machine 'press-1' signal 'state' is already produced by {p} nodes.0" in msg
