@@ -361,7 +361,7 @@ def _ensure_roles(conn: psycopg.Connection) -> list[str]:
                     )
                 )
                 for stmt in grants[role]:
-                    conn.execute(stmt)  # type: ignore[arg-type]
+                    conn.execute(stmt)
             done.append(role)
         except (pg_errors.InsufficientPrivilege, pg_errors.UndefinedObject) as exc:
             log.info("role_grant_skipped", role=role, error=str(exc).strip().splitlines()[0])
@@ -415,7 +415,7 @@ def migrate(
             for m in migrations:
                 if m.version in done:
                     continue
-                conn.execute(m.statements(flavor))  # type: ignore[arg-type]
+                conn.execute(m.statements(flavor))
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, flavor) VALUES (%s, %s, %s)",
                     (m.version, m.name, flavor),
@@ -427,6 +427,11 @@ def migrate(
     return MigrationReport(flavor=flavor, applied=applied, current=current, roles=roles)
 
 
-async def migrate_async(conninfo: str, **kwargs: object) -> MigrationReport:
+async def migrate_async(
+    conninfo: str,
+    *,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    timescaledb: bool | None = None,
+) -> MigrationReport:
     """`migrate` for async callers; runs in a thread so the event loop keeps serving."""
-    return await asyncio.to_thread(lambda: migrate(conninfo, **kwargs))  # type: ignore[arg-type]
+    return await asyncio.to_thread(migrate, conninfo, migrations=migrations, timescaledb=timescaledb)

@@ -1,0 +1,267 @@
+"""Read side: the queries the API needs, and `rollup`, the pure roll-up of stored KPI records.
+
+A roll-up adds time-class seconds, counts and the other additive quantities of its members and then
+applies the formulas of OEE-SEMANTICS.md section 2 once (section 4): ratios are never averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from oee_stream.engine.result import SIX_BIG_LOSSES, TIME_CLASSES, iso
+
+# Stored hourly results carry ppt_s and run_time_s as computed under the plant's policies
+# (unknown_policy, microstops_as) of that hour, so adding them needs no policy knowledge here and stays
+# right across a policy change inside the range.
+_ADDITIVE_FIELDS = ("total", "good", "reject", "ppt_s", "run_time_s", "net_run_time_s", "fully_productive_s")
+_IN_PPT = ("running", "planned_stop", "unplanned_stop", "micro_stop", "unknown")
+
+
+def _num(x: Any) -> float:
+    if x is None or isinstance(x, bool):
+        return 0.0
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if math.isfinite(f) else 0.0
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def _epoch(x: Any) -> float | None:
+    if isinstance(x, int | float) and not isinstance(x, bool):
+        return float(x)
+    if isinstance(x, datetime):
+        return x.timestamp()
+    if isinstance(x, str):
+        try:
+            return datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def rollup(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    entity: str | None = None,
+    entity_kind: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    window: str = "range",
+) -> dict[str, Any]:
+    """Combine KPI records (KpiResult.to_json() dicts) into one record by adding, then dividing.
+
+    `start`/`end` (epoch seconds) default to the span of the records; when the records cover less
+    than that span the result carries the flag `partial_range` and `coverage` of the missing time is
+    not invented: only the stored seconds are added. Pure: no I/O, no clock.
+    """
+    recs = list(records)
+    seconds = dict.fromkeys(TIME_CLASSES, 0.0)
+    sums = dict.fromkeys(_ADDITIVE_FIELDS, 0.0)
+    losses = dict.fromkeys(SIX_BIG_LOSSES, 0.0)
+    by_reason: dict[str, float] = {}
+    stops = 0
+    input_total = 0.0
+    has_input = False
+    covered = 0.0
+    member_flags: set[str] = set()
+    units: set[str] = set()
+    config_hashes: set[str] = set()
+    starts: list[float] = []
+    ends: list[float] = []
+    for r in recs:
+        for c in TIME_CLASSES:
+            seconds[c] += _num((r.get("seconds") or {}).get(c))
+        for f in _ADDITIVE_FIELDS:
+            sums[f] += _num(r.get(f))
+        for k, v in (r.get("six_big_losses_s") or {}).items():
+            losses[k] = losses.get(k, 0.0) + _num(v)
+        for k, v in (r.get("downtime_by_reason_s") or {}).items():
+            by_reason[k] = by_reason.get(k, 0.0) + _num(v)
+        stops += int(_num(r.get("stops")))
+        if r.get("input_total") is not None:
+            has_input = True
+            input_total += _num(r.get("input_total"))
+        member_flags.update(str(f) for f in (r.get("flags") or ()))
+        if r.get("unit"):
+            units.add(str(r["unit"]))
+        if r.get("config_hash"):
+            config_hashes.add(str(r["config_hash"]))
+        s, e = _epoch(r.get("start")), _epoch(r.get("end"))
+        if s is not None and e is not None:
+            starts.append(s)
+            ends.append(e)
+            covered += max(0.0, e - s)
+        if entity is None and r.get("entity"):
+            entity = str(r["entity"])
+        if entity_kind is None and r.get("entity_kind"):
+            entity_kind = str(r["entity_kind"])
+
+    start = start if start is not None else (min(starts) if starts else 0.0)
+    end = end if end is not None else (max(ends) if ends else start)
+    all_time = sum(seconds.values())
+    ppt = sums["ppt_s"]
+    run_time = sums["run_time_s"]
+    net = sums["net_run_time_s"]
+    total, good = sums["total"], sums["good"]
+    ppt_incl = sum(seconds[c] for c in _IN_PPT)
+
+    availability = _ratio(run_time, ppt)
+    performance = _ratio(net, run_time)
+    quality = _ratio(good, total)
+    # OEE = A x P x Q = net/PPT x good/total: defined even when run time is 0 at a window boundary,
+    # and 0 (not null) when there was planned time but nothing good was made.
+    oee: float | None
+    if ppt <= 0:
+        oee = None
+    elif total <= 0:
+        oee = 0.0
+    else:
+        oee = net / ppt * good / total
+    utilization = _ratio(ppt, all_time)
+    teep: float | None
+    if all_time <= 0:
+        teep = None
+    elif ppt <= 0:
+        teep = 0.0
+    else:
+        teep = (oee or 0.0) * ppt / all_time
+    coverage = 1.0 - seconds["unknown"] / ppt_incl if ppt_incl > 0 else None
+
+    # Member flags that describe a single window's numbers would be wrong for the sum; keep the ones
+    # about data problems and recompute the rest.
+    flags = sorted(f for f in member_flags if f not in {"performance_over_100"})
+    if performance is not None and performance > 1.0:
+        flags.append("performance_over_100")
+    if not recs:
+        flags.append("no_data")
+    elif end - start - covered > 1e-6:
+        flags.append("partial_range")
+    if len(config_hashes) > 1:
+        flags.append("mixed_config")
+
+    return {
+        "entity": entity or "",
+        "entity_kind": entity_kind or "machine",
+        "window": window,
+        "start": iso(start),
+        "end": iso(end),
+        "seconds": seconds,
+        "total": total,
+        "good": good,
+        "reject": sums["reject"],
+        "unit": units.pop() if len(units) == 1 else ("" if not units else "mixed"),
+        "availability": availability,
+        "performance": performance,
+        "quality": quality,
+        "oee": oee,
+        "teep": teep,
+        "utilization": utilization,
+        "coverage": coverage,
+        "ppt_s": ppt,
+        "run_time_s": run_time,
+        "net_run_time_s": net,
+        "fully_productive_s": sums["fully_productive_s"],
+        "stops": stops,
+        "mtbf_s": _ratio(run_time, stops),
+        "mttr_s": _ratio(seconds["unplanned_stop"], stops),
+        "six_big_losses_s": losses,
+        "downtime_by_reason_s": by_reason,
+        "flags": flags,
+        "config_hash": config_hashes.pop() if len(config_hashes) == 1 else "",
+        "weight_yield": _ratio(good, input_total) if has_input else None,
+        "input_total": input_total if has_input else None,
+        "records": len(recs),
+    }
+
+
+# ------------------------------------------------------------------------------------------ queries
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    entity: str
+    window_kind: str
+    computed_at: datetime
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentState:
+    state: str
+    reason: str | None
+    since: datetime
+
+
+_LATEST = """
+SELECT e.entity, k.kind, r.computed_at, r.payload
+FROM unnest(%(entities)s::text[]) AS e(entity)
+CROSS JOIN unnest(%(kinds)s::text[]) AS k(kind)
+CROSS JOIN LATERAL (
+    SELECT computed_at, payload
+    FROM oee_results
+    WHERE entity = e.entity AND window_kind = k.kind
+    ORDER BY window_end DESC, window_start DESC
+    LIMIT 1
+) AS r
+"""
+
+
+async def latest_results(
+    conn: psycopg.AsyncConnection[Any], entities: Sequence[str], window_kinds: Sequence[str]
+) -> dict[str, dict[str, StoredResult]]:
+    """Newest stored result per entity and window kind (by window end), as {entity: {kind: result}}."""
+    out: dict[str, dict[str, StoredResult]] = {e: {} for e in entities}
+    if not entities or not window_kinds:
+        return out
+    cur = await conn.execute(_LATEST, {"entities": list(entities), "kinds": list(window_kinds)})
+    for entity, kind, computed_at, payload in await cur.fetchall():
+        out[entity][kind] = StoredResult(entity, kind, computed_at, payload)
+    return out
+
+
+_OPEN_STATES = """
+SELECT e.machine_id, s.time_class, s.reason, s.start_time
+FROM unnest(%s::text[]) AS e(machine_id)
+CROSS JOIN LATERAL (
+    SELECT time_class, reason, start_time, end_time
+    FROM state_intervals
+    WHERE machine_id = e.machine_id
+    ORDER BY start_time DESC
+    LIMIT 1
+) AS s
+WHERE s.end_time IS NULL
+"""
+
+
+async def open_states(conn: psycopg.AsyncConnection[Any], machines: Sequence[str]) -> dict[str, CurrentState]:
+    """The open state interval (end_time NULL) of each machine that has one."""
+    if not machines:
+        return {}
+    cur = await conn.execute(_OPEN_STATES, (list(machines),))
+    return {m: CurrentState(tc, reason, since) for m, tc, reason, since in await cur.fetchall()}
+
+
+_HOURLY = """
+SELECT payload FROM oee_results
+WHERE entity = %s AND window_kind = 'hour' AND window_start >= %s AND window_end <= %s
+ORDER BY window_start
+"""
+
+
+async def hourly_payloads(
+    conn: psycopg.AsyncConnection[Any], entity: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Stored hourly results lying entirely inside [start, end)."""
+    cur = await conn.execute(_HOURLY, (entity, start.astimezone(UTC), end.astimezone(UTC)))
+    return [row[0] for row in await cur.fetchall()]
