@@ -1,0 +1,238 @@
+"""The engine against published worked examples and every edge case of OEE-SEMANTICS.md section 3."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from oee_stream.bus import Sample
+from oee_stream.engine import Engine
+from tests.engine_fixtures import plant
+
+T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC).timestamp()  # a Monday, 06:00 UTC
+MIN = 60.0
+
+
+def S(sig: str, t: float, v: object, q: str = "good", m: str = "m1") -> Sample:
+    return Sample(m, sig, t, v, q)  # type: ignore[arg-type]
+
+
+def classic_plant():
+    # Vorne/oee.com worked example: 480 min shift, 60 min of breaks, 47 min down, ideal cycle 1.0 s.
+    return plant(shifts=[{"name": "day", "start": "06:00", "end": "14:00", "breaks": [
+        {"start": "08:00", "end": "08:15"}, {"start": "10:00", "end": "10:30"}, {"start": "12:00", "end": "12:15"}]}])
+
+
+def test_classic_shift_worked_example() -> None:
+    eng = Engine(classic_plant())
+    samples = [
+        S("state", T0, 1), S("total", T0, 0), S("reject", T0, 0),
+        S("state", T0 + 60 * MIN, 0), S("state", T0 + 107 * MIN, 1),  # 47 min breakdown
+        S("total", T0 + 479 * MIN, 19271), S("reject", T0 + 479 * MIN, 423),
+    ]
+    end = T0 + 480 * MIN
+    eng.ingest(samples, now=end)
+    [r] = eng.range_results(end, ["m1"], [T0], [end])
+    assert r.availability == pytest.approx(373 / 420)
+    assert round(r.availability * 100, 2) == 88.81
+    assert round(r.performance * 100, 2) == 86.11
+    assert round(r.quality * 100, 2) == 97.80
+    assert round(r.oee * 100, 2) == 74.79
+    assert r.seconds["planned_excluded"] == pytest.approx(60 * MIN)
+    assert r.seconds["unplanned_stop"] == pytest.approx(47 * MIN)
+    assert r.stops == 1 and r.mtbf_s == pytest.approx(373 * MIN) and r.mttr_s == pytest.approx(47 * MIN)
+    # Six big losses plus unknown add up to PPT minus fully productive time.
+    lost = sum(r.six_big_losses_s.values()) + r.seconds["unknown"]
+    assert lost == pytest.approx(r.ppt_s - (19271 - 423) * 1.0)
+    # The shift window the engine emits by itself gives the same numbers.
+    shift = [x for x in eng.results(end) if x.window == "shift" and x.entity == "m1"]
+    assert shift and shift[-1].oee == pytest.approx(r.oee)
+    assert r.downtime_by_reason_s == {"fault": pytest.approx(47 * MIN)}
+
+
+def test_microstop_policies_move_only_the_split() -> None:
+    base = [S("state", T0, 1), S("total", T0, 0), S("state", T0 + 100, 0), S("state", T0 + 130, 1),
+            S("total", T0 + 590, 500)]
+    now = T0 + 600
+    res = {}
+    for policy in ("performance", "availability"):
+        eng = Engine(plant(policies={"microstops_as": policy, "microstop_threshold_s": 120}))
+        eng.ingest(base, now=now)
+        [res[policy]] = eng.range_results(now, ["m1"], [T0], [now])
+    p, a = res["performance"], res["availability"]
+    assert p.seconds["micro_stop"] == pytest.approx(30) and p.stops == 0
+    assert p.availability == pytest.approx(1.0) and a.availability == pytest.approx(570 / 600)
+    assert p.oee == pytest.approx(a.oee)
+
+
+def test_zero_denominators_are_null_and_oee_zero_without_good() -> None:
+    eng = Engine(plant(shifts=[{"name": "d", "start": "06:00", "end": "07:00"}]))
+    eng.ingest([S("state", T0, 0)], now=T0 + 7200)
+    [unsched] = eng.range_results(T0 + 7200, ["m1"], [T0 + 3600], [T0 + 7200])
+    assert unsched.ppt_s == 0 and unsched.availability is None and unsched.oee is None
+    assert unsched.teep == 0 and unsched.coverage is None
+    [stopped] = eng.range_results(T0 + 7200, ["m1"], [T0], [T0 + 3600])
+    assert stopped.ppt_s == pytest.approx(3600) and stopped.oee == 0.0 and stopped.quality is None
+    assert stopped.performance is None
+
+
+def test_unknown_time_lowers_availability_and_reports_coverage() -> None:
+    samples = [S("state", T0, 1), S("state", T0 + 300, None, "bad"), S("state", T0 + 600, 1)]
+    now = T0 + 1200
+    include = Engine(plant())
+    include.ingest(samples, now=now)
+    [r] = include.range_results(now, ["m1"], [T0], [now])
+    assert r.seconds["unknown"] == pytest.approx(300)
+    assert r.availability == pytest.approx(900 / 1200) and r.coverage == pytest.approx(0.75)
+    exclude = Engine(plant(policies={"unknown_policy": "exclude"}))
+    exclude.ingest(samples, now=now)
+    [x] = exclude.range_results(now, ["m1"], [T0], [now])
+    assert x.availability == pytest.approx(1.0) and x.coverage == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize(
+    ("values", "width", "expected"),
+    [
+        ([100, 150, 20, 30], 32, 50 + 20 + 10),  # reset: counting restarts from 0
+        ([65500, 65535, 10, 20], 16, 35 + 11 + 10),  # 16-bit rollover
+        ([2**32 - 5, 3], 32, 8),  # 32-bit rollover
+        ([1000, 10], 16, 10),  # decrease from low in the range: a reset, not a rollover
+    ],
+)
+def test_counter_reset_and_rollover(values: list[int], width: int, expected: int) -> None:
+    eng = Engine(plant(machines=[{"id": "m1", "state_table": "t", "counter_width": width,
+                                  "products": {"a": {"ideal_cycle_time_s": 1.0}}}]))
+    eng.ingest([S("state", T0, 1)] + [S("total", T0 + i, v) for i, v in enumerate(values)], now=T0 + 100)
+    [r] = eng.range_results(T0 + 100, ["m1"], [T0], [T0 + 100])
+    assert r.total == expected
+    eng.results(T0 + 100)
+    assert sum(eng.stats.counter_resets.values()) + sum(eng.stats.counter_rollovers.values()) >= 1
+
+
+def test_duplicates_counted_once_and_late_and_future_samples() -> None:
+    eng = Engine(plant(policies={"allowed_lateness_s": 300, "max_clock_skew_s": 60}))
+    now = T0 + 1000
+    eng.ingest([S("state", T0, 1), S("total", T0, 0), S("total", T0 + 10, 10)], now=now)
+    rep = eng.ingest([S("total", T0 + 10, 10), S("total", T0 + 10, 10)], now=now)  # duplicates
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.total == 10 and eng.stats.duplicates == 2
+    eng.ingest([S("total", T0 + 900, 20)], now=now)
+    late = eng.ingest([S("total", T0 + 700, 15), S("total", T0 + 100, 12)], now=now)
+    assert late.late_dropped == 1 and late.late[0][1] == pytest.approx(800)
+    future = eng.ingest([S("total", now + 61, 99)], now=now)
+    assert future.rejected == [(0, "future timestamp beyond max_clock_skew_s")]
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.total == 20  # the late-but-allowed sample was folded in; totals are unchanged by it
+    assert rep.accepted == 2
+
+
+def test_late_sample_recomputes_the_window() -> None:
+    eng = Engine(plant(policies={"microstop_threshold_s": 0}))
+    now = T0 + 600
+    eng.ingest([S("state", T0, 1), S("state", T0 + 400, 1)], now=now)
+    [before] = eng.range_results(now, ["m1"], [T0], [now])
+    eng.ingest([S("state", T0 + 200, 0)], now=now)  # a stop reported late
+    [after] = eng.range_results(now, ["m1"], [T0], [now])
+    assert before.availability == pytest.approx(1.0)
+    assert after.availability == pytest.approx(400 / 600)
+
+
+def test_product_change_splits_counts_and_rate_machine_yield() -> None:
+    machines = [
+        {"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0},
+                                                        "b": {"ideal_cycle_time_s": 2.0}}},
+        {"id": "f1", "kind": "rate", "unit": "t", "state_table": "t", "products": {"6063": {"ideal_rate_per_h": 36.0,
+                                                                                           "code": 1}}},
+    ]
+    eng = Engine(plant(machines=machines))
+    now = T0 + 1000
+    eng.ingest([
+        S("state", T0, 1), S("product", T0, "a"), S("total", T0, 0), S("total", T0 + 100, 100),
+        S("product", T0 + 100, "b"), S("total", T0 + 500, 300),
+        S("state", T0, 1, m="f1"), S("product", T0, 1, m="f1"), S("total", T0, 0.0, m="f1"),
+        S("total", T0 + 900, 8.0, m="f1"), S("reject", T0, 0.0, m="f1"), S("reject", T0 + 900, 0.5, m="f1"),
+        S("input", T0, 0.0, m="f1"), S("input", T0 + 900, 8.5, m="f1"),
+    ], now=now)
+    r, f = eng.range_results(now, ["m1", "f1"], [T0, T0], [now, now])
+    assert r.net_run_time_s == pytest.approx(100 * 1.0 + 200 * 2.0)
+    assert r.performance == pytest.approx(500 / 1000)
+    assert f.net_run_time_s == pytest.approx(8.0 * 100)  # 36 t/h = 100 s per tonne
+    assert f.quality == pytest.approx(7.5 / 8.0) and f.weight_yield == pytest.approx(7.5 / 8.5)
+
+
+def test_performance_over_100_is_flagged_not_capped() -> None:
+    eng = Engine(plant())
+    now = T0 + 100
+    eng.ingest([S("state", T0, 1), S("total", T0, 0), S("total", T0 + 50, 150)], now=now)
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.performance == pytest.approx(1.5) and "performance_over_100" in r.flags
+
+
+def test_dst_day_lengths_and_local_calendar() -> None:
+    # Europe/Berlin, 2026-03-29 has 23 hours, 2026-10-25 has 25 hours.
+    p = plant(timezone="Europe/Berlin")
+    eng = Engine(p)
+    spring = datetime(2026, 3, 29, 12, tzinfo=UTC).timestamp()
+    eng.ingest([S("state", spring - 86400, 1)], now=spring + 86400)
+    days = [r for r in eng.results(spring + 86400) if r.window == "day" and r.entity == "m1"]
+    assert days
+    from oee_stream.engine.calendar import local_floor, local_next
+    d0 = local_floor(spring, "Europe/Berlin", "day")
+    assert local_next(d0, "Europe/Berlin", "day") - d0 == 23 * 3600
+    autumn = datetime(2026, 10, 25, 12, tzinfo=UTC).timestamp()
+    d1 = local_floor(autumn, "Europe/Berlin", "day")
+    assert local_next(d1, "Europe/Berlin", "day") - d1 == 25 * 3600
+
+
+def test_holiday_exception_makes_the_day_unscheduled() -> None:
+    p = plant(shifts=[{"name": "d", "start": "06:00", "end": "14:00"}],
+              exceptions=[{"date": "2026-03-02", "kind": "holiday"}])
+    eng = Engine(p)
+    eng.ingest([S("state", T0, 1)], now=T0 + 3600)
+    [r] = eng.range_results(T0 + 3600, ["m1"], [T0], [T0 + 3600])
+    assert r.seconds["unscheduled"] == pytest.approx(3600) and r.ppt_s == 0
+
+
+def test_rollup_adds_time_classes_never_averages_ratios() -> None:
+    machines = [
+        {"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+        {"id": "m2", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+    ]
+    eng = Engine(plant(machines=machines))
+    now = T0 + 1000
+    eng.ingest([S("state", T0, 1), S("total", T0, 0), S("total", T0 + 999, 900),
+                S("state", T0, 1, m="m2"), S("state", T0 + 100, 0, m="m2"), S("total", T0, 0, m="m2"),
+                S("total", T0 + 99, 50, m="m2"), S("reject", T0, 0, m="m2"), S("reject", T0 + 99, 25, m="m2")],
+               now=now)
+    res = eng.results(now)
+    m1 = next(r for r in res if r.entity == "m1" and r.window == "1h")
+    m2 = next(r for r in res if r.entity == "m2" and r.window == "1h")
+    line = next(r for r in res if r.entity == "l1" and r.window == "1h")
+    expected_a = (m1.run_time_s + m2.run_time_s) / (m1.ppt_s + m2.ppt_s)
+    assert line.availability == pytest.approx(expected_a)
+    assert line.quality == pytest.approx((m1.good + m2.good) / (m1.total + m2.total))
+    assert line.quality != pytest.approx((m1.quality + m2.quality) / 2)
+    assert line.total == m1.total + m2.total
+
+
+def test_connector_offline_makes_time_unknown_and_restart_keeps_the_gap() -> None:
+    eng = Engine(plant())
+    eng.ingest([S("state", T0, 1)], now=T0 + 100)
+    eng.connector_status(["m1"], "online", T0, session="a")
+    eng.connector_status(["m1"], "offline", T0 + 100, session="a")
+    [r] = eng.range_results(T0 + 200, ["m1"], [T0], [T0 + 200])
+    assert r.seconds["unknown"] == pytest.approx(100)
+    eng.connector_status(["m1"], "online", T0 + 200, session="b")  # restarted: the gap is lost
+    eng.ingest([S("state", T0 + 200, 1)], now=T0 + 300)
+    [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
+    assert r.seconds["unknown"] == pytest.approx(100) and r.seconds["running"] == pytest.approx(200)
+
+
+def test_unmapped_state_code_is_unknown() -> None:
+    eng = Engine(plant())
+    eng.ingest([S("state", T0, 1), S("state", T0 + 50, 77)], now=T0 + 100)
+    [r] = eng.range_results(T0 + 100, ["m1"], [T0], [T0 + 100])
+    assert r.seconds["unknown"] == pytest.approx(50)
+    res = eng.results(T0 + 100)
+    assert next(x for x in res if x.entity == "m1").reason == "unmapped state code"
