@@ -313,6 +313,8 @@ class Engine:
     def timeline(self, now: float) -> Timeline:
         if self._timeline is not None and self._timeline.now == now:
             return self._timeline
+        if self.origin is None:
+            self.origin = math.floor(now / 3600.0) * 3600.0 - self.retention_s
         self._merge(now)
         tl = self._derive(now)
         self._timeline = tl

@@ -1,0 +1,140 @@
+"""Property tests: the vectorized engine equals the plain reference on random event streams."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from oee_stream.bus import Sample
+from oee_stream.engine import Engine
+from oee_stream.reference import reference_window
+from tests.engine_fixtures import plant
+
+T0 = datetime(2026, 3, 2, 5, 0, tzinfo=UTC).timestamp()
+HORIZON = 4 * 3600.0
+
+MACHINES = [
+    {"id": "m1", "state_table": "t", "counter_width": 16, "microstop_threshold_s": 60,
+     "products": {"a": {"ideal_cycle_time_s": 1.0}, "b": {"ideal_cycle_time_s": 2.5}}},
+    {"id": "m2", "state_table": "t", "counter_width": 32,
+     "products": {"a": {"ideal_cycle_time_s": 0.5}}},
+    {"id": "m3", "state_source": "run_bit", "products": {"x": {"ideal_cycle_time_s": 3.0}}},
+]
+SHIFTS = [
+    {"name": "early", "start": "06:00", "end": "08:00", "breaks": [{"start": "07:00", "end": "07:15"}]},
+    {"name": "late", "start": "08:30", "end": "10:00"},
+]
+
+times = st.floats(min_value=0, max_value=HORIZON, allow_nan=False).map(lambda x: round(x, 3))
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Sample]:
+    out: list[Sample] = []
+    for m in ("m1", "m2"):
+        for t in draw(st.lists(times, max_size=25, unique=True)):
+            code = draw(st.sampled_from([0, 1, 1, 1, 2, 3, 4, 9]))
+            q = draw(st.sampled_from(["good"] * 8 + ["bad", "uncertain"]))
+            out.append(Sample(m, "state", T0 + t, code if q == "good" else None, q))
+        for sig in ("total", "reject"):
+            ts = sorted(draw(st.lists(times, max_size=20, unique=True)))
+            v = draw(st.integers(0, 65000))
+            for t in ts:
+                step = draw(st.sampled_from(["up", "up", "up", "reset", "jump"]))
+                if step == "up":
+                    v += draw(st.integers(0, 400))
+                elif step == "reset":
+                    v = draw(st.integers(0, 50))
+                else:
+                    v = draw(st.integers(0, 2**16 - 1))
+                out.append(Sample(m, sig, T0 + t, v, "good"))
+    for t in draw(st.lists(times, max_size=5, unique=True)):
+        out.append(Sample("m1", "product", T0 + t, draw(st.sampled_from(["a", "b"])), "good"))
+    for t in draw(st.lists(times, max_size=15, unique=True)):
+        out.append(Sample("m3", "run", T0 + t, draw(st.booleans()), "good"))
+    # replays: duplicates of earlier samples
+    if out:
+        out += draw(st.lists(st.sampled_from(out), max_size=5))
+    return out
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    samples=streams(),
+    window=st.tuples(times, times),
+    policies=st.fixed_dictionaries({
+        "microstops_as": st.sampled_from(["performance", "availability"]),
+        "unknown_policy": st.sampled_from(["include", "exclude"]),
+    }),
+)
+def test_engine_equals_reference(samples: list[Sample], window: tuple[float, float],
+                                 policies: dict[str, str]) -> None:
+    p = plant(machines=MACHINES, shifts=SHIFTS, policies={**policies, "allowed_lateness_s": 10 * HORIZON})
+    now = T0 + HORIZON + 1
+    eng = Engine(p)
+    eng.ingest(samples, now=now)
+    a, b = sorted(window)
+    b = b if b > a else a + 1
+    ids = ["m1", "m2", "m3"]
+    got = eng.range_results(now, ids, [T0 + a] * 3, [T0 + b] * 3)
+    assert eng.origin is not None
+    for mid, r in zip(ids, got, strict=True):
+        ref = reference_window(p, mid, samples, now=now, start=T0 + a, end=T0 + b, origin=eng.origin)
+        for cls, sec in ref["seconds"].items():
+            assert _close(r.seconds[cls], sec), (mid, cls, r.seconds, ref["seconds"])
+        assert sum(r.seconds.values()) == pytest.approx(b - a, abs=1e-6)
+        for k in ("total", "reject", "good", "ppt_s", "run_time_s", "net_run_time_s", "availability",
+                  "performance", "quality", "oee", "teep", "coverage", "stops", "mtbf_s", "mttr_s"):
+            assert _close(getattr(r, k), ref[k]), (mid, k, getattr(r, k), ref[k])
+        assert set(r.downtime_by_reason_s) == set(ref["downtime_by_reason_s"])
+        for reason, sec in ref["downtime_by_reason_s"].items():
+            assert _close(r.downtime_by_reason_s[reason], sec)
+
+
+@settings(max_examples=60, deadline=None)
+@given(samples=streams(), cut=times)
+def test_rollup_of_parts_equals_whole(samples: list[Sample], cut: float) -> None:
+    """Adding the time classes and counts of [a, c) and [c, b) gives the KPIs of [a, b)."""
+    from oee_stream.engine import formulas as fx
+
+    p = plant(machines=MACHINES, shifts=SHIFTS, policies={"allowed_lateness_s": 10 * HORIZON})
+    now = T0 + HORIZON + 1
+    eng = Engine(p)
+    eng.ingest(samples, now=now)
+    tl = eng.timeline(now)
+    import numpy as np
+
+    from oee_stream.engine.core import WindowSet
+
+    m = np.array([0, 0, 0], dtype=np.int64)
+    w = WindowSet(m, np.zeros(3, np.int64), np.array([T0, T0, T0 + cut]),
+                  np.array([T0 + HORIZON, T0 + cut, T0 + HORIZON]), ("x",))
+    x = eng.aggregate(tl, w)
+    np.testing.assert_allclose(x[1] + x[2], x[0], rtol=1e-9, atol=1e-6)
+    whole = fx.compute(x[0:1])
+    parts = fx.compute((x[1] + x[2])[None, :])
+    np.testing.assert_allclose(np.nan_to_num(whole.oee), np.nan_to_num(parts.oee), rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), stop=st.floats(0, 1800), rejects=st.integers(0, 100))
+def test_single_product_oee_is_good_times_ideal_over_ppt(n: int, stop: float, rejects: int) -> None:
+    p = plant(policies={"allowed_lateness_s": 1e6})
+    now = T0 + 3600
+    eng = Engine(p)
+    eng.ingest([
+        Sample("m1", "state", T0, 1), Sample("m1", "state", T0 + 600, 0), Sample("m1", "state", T0 + 600 + stop, 1),
+        Sample("m1", "total", T0, 0), Sample("m1", "total", T0 + 3000, n),
+        Sample("m1", "reject", T0, 0), Sample("m1", "reject", T0 + 3000, min(rejects, n)),
+    ], now=now)
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.oee == pytest.approx((n - min(rejects, n)) * 1.0 / r.ppt_s, rel=1e-9)
