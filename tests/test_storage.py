@@ -76,7 +76,7 @@ def db(fresh_db_url: str) -> str:
 
 def count(url: str, query: str, *params: Any) -> Any:
     with psycopg.connect(url) as conn:
-        row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query, params).fetchone()
         assert row is not None
         return row[0]
 
@@ -233,7 +233,7 @@ async def test_config_and_dead_letters(db: str) -> None:
 
 async def test_invalid_rows_are_rejected_without_blocking_the_rest(db: str) -> None:
     good = [StateInterval("press-1", T0 + i, T0 + i + 1, "running") for i in range(3)]
-    bad = StateInterval("press-1", T0 + 10, None, None)  # type: ignore[arg-type]  # NOT NULL time_class
+    bad = StateInterval("press-1", T0 + 10, None, None)  # NOT NULL time_class
     async with StorageWriter(db) as w:
         await w.write_state_intervals([*good, bad])
         await w.flush(10)
@@ -303,7 +303,7 @@ def test_rollup_adds_then_divides() -> None:
     assert r["six_big_losses_s"]["planned_stops"] == 600
     assert r["start"] == h1.to_json()["start"] and r["end"] == h2.to_json()["end"]
     assert "partial_range" not in r["flags"]
-    mean_oee = (h1.oee + h2.oee) / 2  # type: ignore[operator]
+    mean_oee = (h1.oee + h2.oee) / 2
     assert abs(r["oee"] - mean_oee) > 0.01  # averaging ratios would be wrong
 
 

@@ -5,7 +5,6 @@ The pool is opened without waiting in the lifespan: the API starts (and /livez a
 database is still down, and /readyz reports that until it comes back.
 """
 
-from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -192,8 +191,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
                     st = states[m.id]
                     state, reason, since = st.state, st.reason, st.since
                 elif kpis:
-                    # No open interval stored: fall back to the state the newest result saw at its end.
-                    newest = max(kpis.values(), key=lambda r: (r.payload.get("end") or "", r.computed_at))
+                    # No open interval stored: fall back to the state the most recently computed result
+                    # saw (calendar windows may end in the future, so "latest end" is not "latest news").
+                    newest = max(
+                        kpis.values(),
+                        key=lambda r: (r.payload.get("state") is not None, r.computed_at, r.payload.get("end") or ""),
+                    )
                     state = newest.payload.get("state")
                     reason = newest.payload.get("reason")
                     since = newest.payload.get("state_since")

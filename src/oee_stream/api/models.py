@@ -13,13 +13,13 @@ RATIO_NOTE = " A ratio, 0..1 (Performance may exceed 1, see flags); null when it
 class TimeClassSeconds(BaseModel):
     """Seconds of the window in each time class; they add up to the window length."""
 
-    unscheduled: float = Field(0.0, description="Outside the shift calendar (no shift, holiday).")
-    planned_excluded: float = Field(0.0, description="Breaks and planned maintenance windows from the calendar.")
-    running: float = Field(0.0, description="The machine was producing.")
-    planned_stop: float = Field(0.0, description="Changeover, setup, cleaning inside the shift.")
-    unplanned_stop: float = Field(0.0, description="Breakdowns and stops at least the micro-stop threshold long.")
-    micro_stop: float = Field(0.0, description="Unplanned stops shorter than the micro-stop threshold.")
-    unknown: float = Field(0.0, description="No valid data (connector offline, bad quality, stale signal).")
+    unscheduled: float = Field(default=0.0, description="Outside the shift calendar (no shift, holiday).")
+    planned_excluded: float = Field(default=0.0, description="Breaks and planned maintenance windows from the calendar.")
+    running: float = Field(default=0.0, description="The machine was producing.")
+    planned_stop: float = Field(default=0.0, description="Changeover, setup, cleaning inside the shift.")
+    unplanned_stop: float = Field(default=0.0, description="Breakdowns and stops at least the micro-stop threshold long.")
+    micro_stop: float = Field(default=0.0, description="Unplanned stops shorter than the micro-stop threshold.")
+    unknown: float = Field(default=0.0, description="No valid data (connector offline, bad quality, stale signal).")
 
 
 class SixBigLosses(BaseModel):
@@ -28,7 +28,7 @@ class SixBigLosses(BaseModel):
     unplanned_stops: float = 0.0
     planned_stops: float = 0.0
     small_stops: float = 0.0
-    slow_cycles: float = Field(0.0, description="Running time minus net run time; negative when Performance > 1.")
+    slow_cycles: float = Field(default=0.0, description="Running time minus net run time; negative when Performance > 1.")
     production_rejects: float = 0.0
     startup_rejects: float = 0.0
 
@@ -76,17 +76,17 @@ class KpiRecord(BaseModel):
         description="Warnings about the numbers, e.g. performance_over_100 (ideal cycle time probably wrong), "
         "partial_range (hours missing in a range roll-up), no_data, mixed_config.",
     )
-    config_hash: str = Field("", description="Hash of the plant configuration that produced the numbers.")
-    weight_yield: float | None = Field(None, description="Good output / charged input (rate machines).")
-    input_total: float | None = Field(None, description="Charged input (rate machines).")
-    state: str | None = Field(None, description="Time class at window end (machines only).")
-    reason: str | None = Field(None, description="Stop reason at window end, if stopped.")
-    state_since: datetime | None = Field(None, description="Since when the machine is in `state`, UTC.")
-    product: str | None = Field(None, description="Product running at window end.")
-    speed_per_h: float | None = Field(None, description="Current speed in units per hour; 0 when stopped.")
-    ideal_speed_per_h: float | None = Field(None, description="Ideal speed of the current product, units per hour.")
-    shift: str | None = Field(None, description="Shift name for shift windows.")
-    records: int | None = Field(None, description="Range roll-ups only: number of hourly records added.")
+    config_hash: str = Field(default="", description="Hash of the plant configuration that produced the numbers.")
+    weight_yield: float | None = Field(default=None, description="Good output / charged input (rate machines).")
+    input_total: float | None = Field(default=None, description="Charged input (rate machines).")
+    state: str | None = Field(default=None, description="Time class at window end (machines only).")
+    reason: str | None = Field(default=None, description="Stop reason at window end, if stopped.")
+    state_since: datetime | None = Field(default=None, description="Since when the machine is in `state`, UTC.")
+    product: str | None = Field(default=None, description="Product running at window end.")
+    speed_per_h: float | None = Field(default=None, description="Current speed in units per hour; 0 when stopped.")
+    ideal_speed_per_h: float | None = Field(default=None, description="Ideal speed of the current product, units per hour.")
+    shift: str | None = Field(default=None, description="Shift name for shift windows.")
+    records: int | None = Field(default=None, description="Range roll-ups only: number of hourly records added.")
 
 
 class KpiSummary(BaseModel):
@@ -132,7 +132,7 @@ class MachineOut(BaseModel):
 
 class DependencyStatus(BaseModel):
     ok: bool
-    detail: str | None = Field(None, description="Why the dependency is not ready.")
+    detail: str | None = Field(default=None, description="Why the dependency is not ready.")
 
 
 class ReadyOut(BaseModel):
