@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import socket
 import time
@@ -121,7 +122,7 @@ def test_stop_lengths_classify_unambiguously(demo: Scenario, plant: Plant, seed:
             elif iv.time_class in ("unplanned_stop", "planned_stop"):
                 assert d >= threshold + 1, (mid, iv)
         # Stops are always separated by running time, so no stop is glued to another.
-        for a, b in zip(m.intervals, m.intervals[1:], strict=False):
+        for a, b in itertools.pairwise(m.intervals):
             assert a.time_class == "running" or b.time_class == "running", (mid, a, b)
         assert {p.product for p in m.products} <= set(plant.machine(mid).products)
     assert kinds == {"running", "micro_stop", "unplanned_stop", "planned_stop"}
@@ -146,7 +147,7 @@ def test_rate_machine_accrues_float32_tonnes(demo: Scenario, plant: Plant) -> No
     led = build_ledger(demo, 9, T0, 600)
     m = led.machines["furnace-1"]
     tapped = [v["total"] for _, v, _ in m.writes if "total" in v]
-    assert all(b >= a for a, b in zip(tapped, tapped[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(tapped))
     assert all(f32(x) == x for x in tapped)
     assert math.isclose(sum(c.total for c in m.counts), tapped[-1], rel_tol=0, abs_tol=1e-9)
     s = led.summary("furnace-1", T0, T0 + 600, plant)
@@ -240,12 +241,15 @@ def test_faults(faults: Scenario, plant: Plant) -> None:
 
 async def test_opcua_nodes_carry_ledger_timestamps(plant: Plant) -> None:
     received: list[tuple[int, float]] = []
+    two_values = asyncio.Event()
 
     class Handler:
         def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
             dv = data.monitored_item.Value
             if dv.StatusCode.is_good():
                 received.append((int(val), dv.SourceTimestamp.timestamp()))
+            if len({v for v, _ in received}) >= 2:
+                two_values.set()
 
     # t0 a few seconds back: the replayed history is on the server at once, with its true past timestamps.
     async with run_plant_simulator(DEMO, plant, opcua_port=free_port(), modbus_port=free_port(), seed=3,
@@ -260,9 +264,7 @@ async def test_opcua_nodes_carry_ledger_timestamps(plant: Plant) -> None:
             assert (await total.read_data_type_as_variant_type()) == ua.VariantType.UInt32
             sub = await client.create_subscription(50, Handler())
             await sub.subscribe_data_change(total)
-            deadline = time.monotonic() + 8
-            while time.monotonic() < deadline and len({v for v, _ in received}) < 2:
-                await asyncio.sleep(0.1)
+            await asyncio.wait_for(two_values.wait(), timeout=8)  # a press cycle is 2.2 s
             await sub.delete()
         writes = {(v["total"], ts) for ts, v, _ in sim.ledger.machines["press-1"].writes if "total" in v}
     values = [v for v, _ in received]
