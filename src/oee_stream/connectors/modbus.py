@@ -118,13 +118,20 @@ class _Link:
         self.cfg = cfg
         self.conn = conn
         self.client: AsyncModbusTcpClient | None = None
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one request at a time on the link (many PLCs serve only one)
+        self._connect_lock = asyncio.Lock()
         self.backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
         self._retry_at = 0.0
         self._was_connected = False
         self._failing = False
 
     async def get(self) -> AsyncModbusTcpClient:
+        if self.client is not None and self.client.connected:
+            return self.client
+        async with self._connect_lock:  # several poll groups share the link: connect once
+            return await self._connect()
+
+    async def _connect(self) -> AsyncModbusTcpClient:
         if self.client is not None and self.client.connected:
             return self.client
         if time.monotonic() < self._retry_at:
