@@ -569,3 +569,45 @@ async def test_publisher_buffers_while_broker_down_and_delivers_after(mqtt_broke
                 col.close()
     finally:
         mqtt_broker.start()
+
+
+async def test_opcua_basic256sha256_sign_and_encrypt(mqtt_url: str, tmp_path: Any) -> None:
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    await setup_self_signed_certificate(tmp_path / "srv-key.pem", tmp_path / "srv-cert.der", "urn:oee:test:server",
+                                        "localhost", usage, {"commonName": "sim"})
+    await setup_self_signed_certificate(tmp_path / "cli-key.pem", tmp_path / "cli-cert.der", "urn:oee:test:client",
+                                        "localhost", usage, {"commonName": "oee-stream"})
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sec/"
+    server = Server()
+    await server.init()
+    server.set_endpoint(endpoint)
+    await server.load_certificate(str(tmp_path / "srv-cert.der"))
+    await server.load_private_key(str(tmp_path / "srv-key.pem"))
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])  # no plain endpoint
+    idx = await server.register_namespace(NS)
+    obj = await server.nodes.objects.add_object(idx, "press-1")
+    await obj.add_variable(ua.NodeId("press-1.State", idx), "State", ua.Variant(3, ua.VariantType.Int32))
+    await server.start()
+    site = new_site()
+    col = Collector(mqtt_url, site)
+    cfg = parse_connector(
+        {"kind": "opcua", "id": "ua-sec", "site": site, "endpoint": endpoint,
+         "security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+         "certificate": str(tmp_path / "cli-cert.der"), "private_key": str(tmp_path / "cli-key.pem"),
+         "server_certificate": str(tmp_path / "srv-cert.der"), "application_uri": "urn:oee:test:client",
+         "publishing_interval_ms": 50, "publish": {"linger_ms": 10},
+         "nodes": [{"node_id": f"nsu={NS};s=press-1.State", "machine": "press-1", "signal": "state"}]},
+        env={},
+    )
+    conn = build_connector(cfg, MqttSettings(mqtt_url))
+    try:
+        async with running(conn):
+            await col.wait(lambda c: c.latest("press-1", "state") is not None, what="state over an encrypted channel")
+            s = col.latest("press-1", "state")
+            assert s is not None and s.value == 3 and s.quality == "good"
+    finally:
+        col.close()
+        await server.stop()

@@ -134,6 +134,7 @@ class OpcUaConfig(_ConnectorBase):
     private_key: str | None = None
     private_key_password: str | None = None
     server_certificate: str | None = None
+    application_uri: str | None = None  # must match the URI in `certificate` when security is on
     username: str | None = None
     password: str | None = None
     publishing_interval_ms: Annotated[float, Field(gt=0)] = 1000.0

@@ -192,6 +192,8 @@ class OpcUaConnector(BaseConnector):
     async def _make_client(self) -> Client:
         cfg = self.cfg
         client = Client(cfg.endpoint, timeout=cfg.timeout_s)
+        if cfg.application_uri is not None:
+            client.application_uri = cfg.application_uri
         if cfg.username is not None and cfg.password is not None:
             client.set_user(cfg.username)
             client.set_password(cfg.password)
