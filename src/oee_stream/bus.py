@@ -53,6 +53,12 @@ class ConnectorStatus:
     state: Literal["online", "offline"]
     ts: float
     machines: tuple[str, ...] = ()
+    session: str = ""  # one id per connector process: a new one after a restart tells the engine data was lost
+
+
+# One session id per process, so the engine can tell a broker outage (same session, spool replays) from
+# a connector restart (new session, the gap is unknown).
+PROCESS_SESSION = uuid.uuid4().hex[:12]
 
 
 def sample_topic(site: str, machine: str, signal: str) -> str:
@@ -85,7 +91,7 @@ def encode_samples(connector: str, samples: Sequence[Sample]) -> bytes:
 def encode_status(status: ConnectorStatus) -> bytes:
     return orjson.dumps(
         {"v": BUS_VERSION, "connector": status.connector, "state": status.state, "ts": status.ts,
-         "machines": list(status.machines)}
+         "machines": list(status.machines), "session": status.session}
     )
 
 
@@ -151,6 +157,7 @@ def decode_status(payload: bytes) -> ConnectorStatus:
         state=body["state"],
         ts=float(ts) if isinstance(ts, int | float) else time.time(),
         machines=tuple(str(m) for m in body.get("machines", []) or []),
+        session=str(body.get("session", "")),
     )
 
 
@@ -330,6 +337,6 @@ def status_messages(site: str, connector: str, machines: Iterable[str]) -> tuple
     ms = tuple(machines)
     now = time.time()
     return (
-        encode_status(ConnectorStatus(connector, "online", now, ms)),
-        encode_status(ConnectorStatus(connector, "offline", now, ms)),
+        encode_status(ConnectorStatus(connector, "online", now, ms, PROCESS_SESSION)),
+        encode_status(ConnectorStatus(connector, "offline", now, ms, PROCESS_SESSION)),
     )

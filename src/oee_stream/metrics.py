@@ -1,0 +1,18 @@
+"""Prometheus metrics of the service itself (served at /metrics by the API)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SAMPLES_INGESTED = Counter("oee_samples_ingested_total", "Samples accepted by the engine")
+SAMPLES_DUPLICATE = Counter("oee_samples_duplicate_total", "Exact duplicate samples counted once")
+SAMPLES_LATE_DROPPED = Counter("oee_samples_late_dropped_total", "Samples later than allowed_lateness_s")
+DEAD_LETTERS = Counter("oee_dead_letters_total", "Messages or samples refused, by reason", ["reason"])
+RESULTS_PUBLISHED = Counter("oee_results_published_total", "KPI records published to the bus")
+INGEST_LAG = Gauge("oee_ingest_lag_seconds", "Now minus the newest source timestamp, per machine", ["machine"])
+TICK_SECONDS = Histogram("oee_engine_tick_seconds", "Time to advance all windows and format results")
+COUNTER_RESETS = Gauge("oee_counter_resets", "Counter resets seen in the retained horizon", ["machine"])
+COUNTER_ROLLOVERS = Gauge("oee_counter_rollovers", "Counter rollovers seen in the retained horizon", ["machine"])
+DB_WRITE_RETRIES = Gauge("oee_db_write_retries", "Failed database flush attempts so far")
+DB_DROPPED_ROWS = Gauge("oee_db_dropped_rows", "Rows the writer had to drop")
+DB_BUFFERED_ROWS = Gauge("oee_db_buffered_rows", "Rows waiting for the database")

@@ -1,0 +1,171 @@
+"""Wires the parts into one running service: `oee-stream demo` and `oee-stream run`.
+
+Every part lives in a context manager or a task owned by one TaskGroup-like supervisor, so Ctrl-C (or
+SIGTERM) stops them all and the exit stack then stops the embedded servers: nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+
+from oee_stream import bus
+from oee_stream.api.app import ApiSettings, create_app
+from oee_stream.config import ConfigError, Plant, load_plant
+from oee_stream.connectors import build_connector, check_connectors, load_connectors
+from oee_stream.embedded import embedded_mqtt_broker, embedded_postgres, free_port
+from oee_stream.service import EngineService
+from oee_stream.settings import Settings
+from oee_stream.storage.migrations import migrate_async
+from oee_stream.storage.writer import StorageWriter
+
+log = structlog.get_logger("oee")
+
+
+class _Server(uvicorn.Server):
+    # The supervisor owns the signals; uvicorn must not install its own handlers.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+@dataclass
+class Running:
+    """What a running service exposes to its caller (tests, the demo banner)."""
+
+    plant: Plant
+    database_url: str
+    mqtt_url: str
+    api_url: str
+    service: EngineService
+    simulator: Any = None
+    connectors: list[Any] = field(default_factory=list)
+
+
+def mqtt_settings(settings: Settings, url: str) -> bus.MqttSettings:
+    return bus.MqttSettings(url=url, username=settings.mqtt_username, password=settings.mqtt_password,
+                            ca_file=settings.mqtt_ca_file)
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings,
+    *,
+    embedded: bool,
+    simulate: bool,
+    connector_env: Mapping[str, str] | None = None,
+    seed: int | None = None,
+) -> AsyncIterator[Running]:
+    """Start database, broker, simulator, connectors, engine and API; stop all of them on exit."""
+    plant = load_plant(settings.plant)
+    async with contextlib.AsyncExitStack() as stack:
+        db_url = settings.database_url
+        if db_url is None:
+            if not embedded:
+                raise ConfigError("OEE_DATABASE_URL is not set (oee-stream run needs a real database)")
+            log.info("starting_embedded_postgresql", data_dir=str(settings.data_dir / "pg"))
+            db_url = stack.enter_context(embedded_postgres(settings.data_dir / "pg"))
+        mqtt_url = settings.mqtt_url
+        if mqtt_url is None:
+            if not embedded:
+                raise ConfigError("OEE_MQTT_URL is not set (oee-stream run needs a real MQTT broker)")
+            mqtt_url = await stack.enter_async_context(embedded_mqtt_broker())
+            log.info("embedded_mqtt_broker", url=mqtt_url)
+        report = await migrate_async(db_url)
+        log.info("database_ready", flavor=report.flavor, schema_version=report.current)
+        env = dict(os.environ)
+        env.update(connector_env or {})
+        sim = None
+        if simulate:
+            from oee_stream.simulators.runner import run_plant_simulator
+
+            host = "127.0.0.1"
+            sim = await stack.enter_async_context(run_plant_simulator(
+                settings.scenario, plant, opcua_port=free_port(), modbus_port=free_port(), seed=seed, host=host))
+            if sim.opcua_endpoint:
+                env["OEE_SIM_OPCUA_ENDPOINT"] = sim.opcua_endpoint
+            if sim.modbus_address:
+                env["OEE_SIM_MODBUS_CONTROLLER"] = f"tcp://{sim.modbus_address[0]}:{sim.modbus_address[1]}"
+            log.info("simulator_started", opcua=sim.opcua_endpoint, modbus=sim.modbus_address)
+        configs = load_connectors(settings.connectors, env=env)
+        check_connectors(plant, configs)
+        ms = mqtt_settings(settings, mqtt_url)
+        writer = await stack.enter_async_context(StorageWriter(db_url))
+        await writer.record_config(plant)
+        service = EngineService(plant, ms, writer, tick_s=settings.tick_s,
+                                write_every_ticks=settings.write_every_ticks)
+        connectors = [build_connector(c, ms) for c in configs]
+        app = create_app(ApiSettings(database_url=db_url, plant=plant))
+        server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                                        lifespan="on", access_log=False))
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        tasks: list[asyncio.Task[None]] = []
+
+        async def supervise(name: str, coro: Awaitable[None]) -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("component_failed", component=name)
+                raise
+
+        tasks.append(asyncio.create_task(supervise("engine", service.run()), name="engine"))
+        for c in connectors:
+            tasks.append(asyncio.create_task(supervise(f"connector {c.id}", c.run()), name=f"connector-{c.id}"))
+        tasks.append(asyncio.create_task(supervise("api", server.serve()), name="api"))
+        try:
+            await asyncio.wait_for(service.ready.wait(), timeout=60)
+            deadline = asyncio.get_running_loop().time() + 30
+            while not server.started:
+                if any(t.done() for t in tasks) or asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError("the API server did not start (is the port in use?)")
+                await asyncio.sleep(0.05)
+            yield Running(plant, db_url, mqtt_url, api_url, service, sim, connectors)
+        finally:
+            server.should_exit = True
+            api_task = tasks[-1]
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(api_task), timeout=5)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def serve_until_stopped(settings: Settings, *, embedded: bool, simulate: bool, banner: bool = True) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with running_service(settings, embedded=embedded, simulate=simulate) as run:
+            if banner:
+                names = ", ".join(m.id for m in run.plant.machines)
+                print(f"\noee-stream is running: {names}\n"
+                      f"  machines : {run.api_url}/api/v1/machines\n"
+                      f"  board    : {run.api_url}/board\n"
+                      f"  API docs : {run.api_url}/docs\n"
+                      f"  metrics  : {run.api_url}/metrics\n"
+                      f"Press Ctrl-C to stop.\n", flush=True)
+            waiters = [asyncio.create_task(stop.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            log.info("stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def data_path(settings: Settings) -> Path:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.data_dir

@@ -1,0 +1,219 @@
+"""The engine service: bus in, engine, results out to the bus and the database.
+
+One asyncio task reads the bus in batches, hands samples to the pure engine, and on every tick advances
+all windows, publishes each machine's current KPIs (retained) and writes every result to the database.
+Anything malformed goes to the dead-letter topic and table with its reason; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from oee_stream import bus, metrics
+from oee_stream.config import Plant
+from oee_stream.engine import Engine, KpiResult
+from oee_stream.storage.writer import StorageWriter
+
+log = structlog.get_logger("oee.engine")
+
+# Windows published on the bus for wallboards; every window goes to the database.
+PUBLISHED_WINDOWS = ("15m", "1h", "shift")
+
+
+@dataclass
+class ServiceStats:
+    messages: int = 0
+    samples: int = 0
+    dead_letters: int = 0
+    late_dropped: int = 0
+    ticks: int = 0
+    last_results: list[KpiResult] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    accepted: int = 0
+    store: list[bus.Sample] = field(default_factory=list)  # every valid sample, for the historian
+    dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # (topic, payload, reason)
+    late: list[tuple[bus.Sample, float]] = field(default_factory=list)
+    statuses: list[bus.ConnectorStatus] = field(default_factory=list)
+
+
+def apply_messages(engine: Engine, batch: list[bus.Message], now: float) -> Applied:
+    """Decode bus messages and feed the engine; pure apart from the engine's state.
+
+    The live service and `oee-stream replay` both go through here, so a replay of a recording computes
+    exactly what the live engine computed.
+    """
+    out = Applied()
+    site_index = engine.cp.index
+    samples: list[bus.Sample] = []
+    for msg in batch:
+        parts = msg.topic.split("/")
+        if len(parts) == 5 and parts[3] == "_status":
+            try:
+                st = bus.decode_status(msg.payload)
+            except bus.PayloadError as exc:
+                out.dead.append((msg.topic, msg.payload, str(exc)))
+                continue
+            # A last will carries the time the connector connected; the engine needs when it died.
+            ts = now if st.state == "offline" else min(st.ts, now)
+            engine.connector_status(st.machines, st.state, ts, st.session)
+            out.statuses.append(st)
+            continue
+        try:
+            _conn, decoded = bus.decode_samples(msg.topic, msg.payload)
+        except bus.PayloadError as exc:
+            out.dead.append((msg.topic, msg.payload, str(exc)))
+            continue
+        samples.extend(decoded)
+    known: list[bus.Sample] = []
+    for s in samples:
+        if s.machine in site_index:
+            known.append(s)
+        else:
+            out.dead.append((f"{s.machine}/{s.signal}", orjson.dumps({"ts": s.ts, "value": s.value}),
+                             f"unknown machine {s.machine!r}: not in the plant model"))
+    kpi = [s for s in known if s.signal in bus.KPI_SIGNALS]
+    refused: set[int] = set()
+    if kpi:
+        rep = engine.ingest(kpi, now=now)
+        out.accepted = rep.accepted
+        for i, reason in rep.rejected:
+            s = kpi[i]
+            refused.add(id(s))
+            out.dead.append((f"{s.machine}/{s.signal}", orjson.dumps({"ts": s.ts, "value": s.value, "q": s.quality}),
+                             reason))
+        out.late = [(kpi[i], lag) for i, lag in rep.late]
+    out.store = [s for s in known if id(s) not in refused]
+    return out
+
+
+class EngineService:
+    def __init__(
+        self,
+        plant: Plant,
+        mqtt: bus.MqttSettings,
+        writer: StorageWriter | None,
+        *,
+        tick_s: float = 1.0,
+        write_every_ticks: int = 1,
+        clock: Callable[[], float] = time.time,
+        record_to: Path | None = None,
+    ) -> None:
+        self.plant = plant
+        self.site = plant.site.id
+        self.engine = Engine(plant)
+        self.mqtt = mqtt
+        self.writer = writer
+        self.tick_s = tick_s
+        self.write_every_ticks = write_every_ticks
+        self.clock = clock
+        self.stats = ServiceStats()
+        self.ready = asyncio.Event()
+        self._record_to = record_to
+        self._record_file: Any = None
+        self._bus: bus.BusClient | None = None
+
+    async def run(self) -> None:
+        subs = [f"{bus.PREFIX}/{self.site}/+/+"]
+        client = bus.BusClient(self.mqtt, subscriptions=subs, queue_size=50_000)
+        if self._record_to is not None:
+            self._record_to.parent.mkdir(parents=True, exist_ok=True)
+            self._record_file = self._record_to.open("ab")
+        try:
+            async with client:
+                self._bus = client
+                await client.wait_connected(timeout=30)
+                log.info("engine_connected", broker=self.mqtt.host, port=self.mqtt.port, site=self.site)
+                self.ready.set()
+                next_tick = self.clock()
+                while True:
+                    timeout = max(0.0, next_tick - self.clock())
+                    try:
+                        first = await asyncio.wait_for(client.get(), timeout=timeout)
+                        batch = [first, *client.drain(20_000)]
+                    except TimeoutError:
+                        batch = []
+                    if batch:
+                        await self.handle_messages(batch)
+                    if self.clock() >= next_tick:
+                        await self.tick()
+                        next_tick = self.clock() + self.tick_s
+        finally:
+            self._bus = None
+            if self._record_file is not None:
+                self._record_file.close()
+
+    async def handle_messages(self, batch: list[bus.Message]) -> None:
+        now = self.clock()
+        self.stats.messages += len(batch)
+        if self._record_file is not None:
+            for msg in batch:
+                self._record_file.write(orjson.dumps(
+                    {"t": now, "topic": msg.topic, "payload": msg.payload.decode("utf-8", "replace")}) + b"\n")
+        out = apply_messages(self.engine, batch, now)
+        self.stats.samples += out.accepted
+        metrics.SAMPLES_INGESTED.inc(out.accepted)
+        self.stats.late_dropped += len(out.late)
+        metrics.SAMPLES_LATE_DROPPED.inc(len(out.late))
+        for s, lag in out.late:
+            log.warning("late_sample_dropped", machine=s.machine, signal=s.signal, lag_s=round(lag, 3))
+        for st in out.statuses:
+            log.info("connector_status", connector=st.connector, state=st.state, machines=list(st.machines))
+        for topic, payload, reason in out.dead:
+            await self.dead_letter(topic, payload, reason)
+        if self.writer is not None and out.store:
+            await self.writer.write_samples(out.store)
+
+    async def dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+        self.stats.dead_letters += 1
+        metrics.DEAD_LETTERS.labels(reason=reason.split(" ")[0] if reason else "unknown").inc()
+        log.warning("dead_letter", topic=topic, reason=reason)
+        body = orjson.dumps({"v": bus.BUS_VERSION, "topic": topic, "reason": reason,
+                             "payload": payload[:4096].decode("utf-8", "replace"), "ts": self.clock()})
+        if self._bus is not None:
+            self._bus.publish_nowait(bus.deadletter_topic(self.site), body, qos=1)
+        if self.writer is not None:
+            await self.writer.write_dead_letter(reason=reason, topic=topic, payload=payload[:4096])
+
+    async def tick(self) -> list[KpiResult]:
+        now = self.clock()
+        with metrics.TICK_SECONDS.time():
+            results = self.engine.results(now)
+        self.stats.ticks += 1
+        self.stats.last_results = results
+        st = self.engine.stats
+        metrics.SAMPLES_DUPLICATE.inc(max(0, st.duplicates - getattr(self, "_dups_seen", 0)))
+        self._dups_seen = st.duplicates
+        for m, c in st.counter_resets.items():
+            metrics.COUNTER_RESETS.labels(machine=m).set(c)
+        for m, c in st.counter_rollovers.items():
+            metrics.COUNTER_ROLLOVERS.labels(machine=m).set(c)
+        for i, m in enumerate(self.engine.cp.machine_ids):
+            wm = float(self.engine.watermark[i])
+            if wm > 0:
+                metrics.INGEST_LAG.labels(machine=m).set(now - wm)
+        if self._bus is not None:
+            seen: set[tuple[str, str]] = set()
+            for r in reversed(results):
+                key = (r.entity, r.window)
+                if r.window in PUBLISHED_WINDOWS and key not in seen:
+                    seen.add(key)
+                    self._bus.publish_nowait(bus.result_topic(self.site, r.entity, r.window),
+                                             orjson.dumps(r.to_json()), qos=1, retain=True)
+                    metrics.RESULTS_PUBLISHED.inc()
+        if self.writer is not None and self.stats.ticks % self.write_every_ticks == 0:
+            await self.writer.write_results(results)
+            metrics.DB_WRITE_RETRIES.set(self.writer.retries)
+            metrics.DB_DROPPED_ROWS.set(self.writer.dropped_rows)
+            metrics.DB_BUFFERED_ROWS.set(self.writer.buffered_rows)
+        return results

@@ -1,0 +1,30 @@
+"""Service settings from environment variables (OEE_*) or a .env file, validated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """`OEE_DATABASE_URL` and `OEE_MQTT_URL` unset means: the demo embeds its own servers."""
+
+    model_config = SettingsConfigDict(env_prefix="OEE_", env_file=".env", extra="ignore")
+
+    plant: Path = Field(Path("deploy/demo/plant.yaml"), description="plant model YAML")
+    connectors: Path = Field(Path("connectors"), description="folder of connector definition YAML files")
+    scenario: Path = Field(Path("simulators/demo.yaml"), description="simulated plant scenario (demo)")
+    database_url: str | None = Field(None, description="PostgreSQL/TimescaleDB URI; never logged")
+    mqtt_url: str | None = Field(None, description="mqtt://host:port or mqtts://host:port")
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    tick_s: float = Field(1.0, gt=0, description="how often the engine advances windows and publishes")
+    write_every_ticks: int = Field(1, ge=1, description="write results to the database every N ticks")
+    data_dir: Path = Field(Path("var"), description="embedded PostgreSQL data, spools, recordings")
+    log_format: str = Field("console", description="console | json")
+    log_level: str = "info"
