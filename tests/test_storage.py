@@ -319,3 +319,10 @@ def test_rollup_edge_cases() -> None:
     gap = rollup([make_result().to_json()], start=T0, end=T0 + 7200)
     assert "partial_range" in gap["flags"]
     assert set(gap["six_big_losses_s"]) == set(SIX_BIG_LOSSES)
+
+
+def test_requiring_timescaledb_fails_clearly_without_it(fresh_db_url: str) -> None:
+    with pytest.raises(RuntimeError, match="TimescaleDB was required"):
+        migrate(fresh_db_url, timescaledb=True)
+    # Nothing was half-applied: the transaction rolled back, a normal start still works.
+    assert migrate(fresh_db_url).applied == [m.version for m in MIGRATIONS]
