@@ -102,7 +102,7 @@ async def running_service(
         writer = await stack.enter_async_context(StorageWriter(db_url))
         await writer.record_config(plant)
         service = EngineService(plant, ms, writer, tick_s=settings.tick_s,
-                                write_every_ticks=settings.write_every_ticks)
+                                write_every_ticks=settings.write_every_ticks, record_to=settings.record_path)
         connectors = [build_connector(c, ms) for c in configs]
         app = create_app(ApiSettings(database_url=db_url, plant=plant))
         server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",

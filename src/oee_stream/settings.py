@@ -26,5 +26,6 @@ class Settings(BaseSettings):
     tick_s: float = Field(1.0, gt=0, description="how often the engine advances windows and publishes")
     write_every_ticks: int = Field(1, ge=1, description="write results to the database every N ticks")
     data_dir: Path = Field(Path("var"), description="embedded PostgreSQL data, spools, recordings")
+    record_path: Path | None = Field(None, description="append every bus message the engine reads here (replay)")
     log_format: str = Field("console", description="console | json")
     log_level: str = "info"
