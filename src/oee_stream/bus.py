@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 BUS_VERSION = 1
 PREFIX = f"oee/v{BUS_VERSION}"
@@ -225,7 +226,7 @@ class BusClient:
     def __post_init__(self) -> None:
         cid = self.settings.client_id or f"oee-stream-{uuid.uuid4().hex[:10]}"
         self._client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cid,
             clean_session=True,
             protocol=mqtt.MQTTv311,

@@ -76,7 +76,7 @@ def check_config(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
     from oee_stream.connectors import check_connectors, load_connectors
     from oee_stream.settings import Settings
 
-    s = Settings(**{k: v for k, v in {"plant": plant, "connectors": connectors}.items() if v is not None})
+    s = Settings(**{k: v for k, v in {"plant": plant, "connectors": connectors}.items() if v is not None})  # type: ignore[arg-type]
     try:
         p = load_plant(s.plant)
         configs = load_connectors(s.connectors)
@@ -161,7 +161,7 @@ def opcua_browse(
     depth: Annotated[int, typer.Option(help="levels below Objects")] = 3,
 ) -> None:
     """List the variables of an OPC UA server with their node ids, to map them in a connector file."""
-    from asyncua import Client
+    from asyncua import Client  # type: ignore[attr-defined]
 
     async def walk() -> None:
         async with Client(endpoint, timeout=10) as client:

@@ -7,6 +7,7 @@ Slow by design: clarity over speed.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,10 +68,10 @@ def reference_window(
     for s in samples:
         if s.machine != machine_id or s.ts >= now:
             continue
-        k = (s.signal, s.ts, s.value, s.quality)
-        if k in seen:
+        ident = (s.signal, s.ts, s.value, s.quality)
+        if ident in seen:
             continue
-        seen.add(k)
+        seen.add(ident)
         mine.append(s)
 
     # 1. state changes -> segments
@@ -124,7 +125,7 @@ def reference_window(
         if hi <= lo:
             continue
         points = [lo] + [c for c in cuts if lo < c < hi] + [hi]
-        for a, b in zip(points, points[1:], strict=False):
+        for a, b in itertools.pairwise(points):
             cal = _calendar_class_at(pieces, a)
             c = cls if cal == "production" else cal
             seconds[c] += b - a
