@@ -236,3 +236,17 @@ def test_unmapped_state_code_is_unknown() -> None:
     assert r.seconds["unknown"] == pytest.approx(50)
     res = eng.results(T0 + 100)
     assert next(x for x in res if x.entity == "m1").reason == "unmapped state code"
+
+
+def test_no_count_for_n_seconds_means_stopped() -> None:
+    p = plant(machines=[{"id": "m1", "state_source": "counts", "no_count_stop_after_s": 30,
+                         "products": {"a": {"ideal_cycle_time_s": 5}}}])
+    eng = Engine(p)
+    counts = [S("total", T0 + i * 5, i) for i in range(20)] + [S("total", T0 + 200 + i * 5, 20 + i) for i in range(10)]
+    eng.ingest(counts, now=T0 + 400)
+    [r] = eng.range_results(T0 + 400, ["m1"], [T0], [T0 + 400])
+    # running from the first increment; stopped 30 s after the last count of each burst
+    assert r.seconds["running"] == pytest.approx(120 + 75)
+    assert r.seconds["micro_stop"] == pytest.approx(75)  # 95+30 .. 200: shorter than 120 s
+    assert r.seconds["unplanned_stop"] == pytest.approx(400 - 275) and r.stops == 1
+    assert r.reason == "no count"

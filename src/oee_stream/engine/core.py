@@ -34,7 +34,6 @@ from oee_stream.engine.calendar import (
     shift_instances,
 )
 from oee_stream.engine.plant import (
-    BAD,
     GAP,
     GOOD,
     INPUT,
@@ -46,6 +45,7 @@ from oee_stream.engine.plant import (
     QUALITY_CODES,
     R_BAD,
     R_BREAK,
+    R_NO_COUNT,
     R_NO_DATA,
     R_NONE,
     R_OFFLINE,
@@ -328,6 +328,22 @@ class Engine:
         lm, ls, lt, lv, lq = self._m, self._s, self._t, self._v, self._q
         past = lt < now
 
+        # --- counts
+        ctr = past & ((ls == TOTAL) | (ls == REJECT) | (ls == INPUT)) & (lq == GOOD)
+        cm, cs, ct, cv = lm[ctr], ls[ctr], lt[ctr], lv[ctr]
+        new_series = np.ones(len(ct), np.bool_)
+        new_series[1:] = (cm[1:] != cm[:-1]) | (cs[1:] != cs[:-1])
+        prev = np.empty_like(cv)
+        prev[1:] = cv[:-1]
+        prev[:1] = 0.0
+        d = np.where(new_series, 0.0, cv - prev)
+        mod = cp.counter_modulus[cm]
+        neg = (d < 0) & ~new_series
+        roll = neg & (mod > 0) & (prev >= 0.9 * mod)
+        reset = neg & ~roll
+        d = np.where(roll, d + mod, np.where(reset, cv, d))
+        resets = np.bincount(cm[reset], minlength=n_m).astype(np.int64)
+        rolls = np.bincount(cm[roll], minlength=n_m).astype(np.int64)
         # --- state rows from samples
         run_bit = cp.uses_run_bit[lm]
         sel = past & (((ls == STATE) & ~run_bit) | ((ls == RUN) & run_bit) | (ls == GAP))
@@ -366,6 +382,23 @@ class Engine:
             extra_c.append(np.full(int(off.sum()), UNKNOWN, np.int8))
             extra_r.append(np.full(int(off.sum()), R_OFFLINE, np.int64))
             extra_p.append(np.full(int(off.sum()), 2, np.int8))
+        # Machines without a state signal: running from each count, stopped once no count came for
+        # no_count_stop_after_s (the stop starts at that moment, not at the last count).
+        cnt = (cs == TOTAL) & (d > 0) & cp.uses_counts[cm]
+        if cnt.any():
+            km, kt = cm[cnt], ct[cnt]
+            gap_after = cp.no_count_stop_after[km]
+            nxt_c = np.empty_like(kt)
+            nxt_c[:-1] = kt[1:]
+            last_c = np.ones(len(kt), np.bool_)
+            last_c[:-1] = km[1:] != km[:-1]
+            nxt_c[last_c] = now
+            stops_at = (nxt_c - kt) > gap_after
+            extra_m += [km, km[stops_at]]
+            extra_t += [kt, kt[stops_at] + gap_after[stops_at]]
+            extra_c += [np.full(len(kt), RUNNING, np.int8), np.full(int(stops_at.sum()), UNPLANNED_STOP, np.int8)]
+            extra_r += [np.full(len(kt), R_NONE, np.int64), np.full(int(stops_at.sum()), R_NO_COUNT, np.int64)]
+            extra_p += [np.ones(len(kt), np.int8), np.ones(int(stops_at.sum()), np.int8)]
         stale_after = self.policies.stale_after_s
         if stale_after is not None and len(lt):
             last_seen = np.full(n_m, -np.inf)
@@ -465,22 +498,6 @@ class Engine:
         cur_reason = freason[cur].astype(np.int64)
         cur_since = at[seg_start[cur]]
 
-        # --- counts
-        ctr = past & ((ls == TOTAL) | (ls == REJECT) | (ls == INPUT)) & (lq == GOOD)
-        cm, cs, ct, cv = lm[ctr], ls[ctr], lt[ctr], lv[ctr]
-        new_series = np.ones(len(ct), np.bool_)
-        new_series[1:] = (cm[1:] != cm[:-1]) | (cs[1:] != cs[:-1])
-        prev = np.empty_like(cv)
-        prev[1:] = cv[:-1]
-        prev[:1] = 0.0
-        d = np.where(new_series, 0.0, cv - prev)
-        mod = cp.counter_modulus[cm]
-        neg = (d < 0) & ~new_series
-        roll = neg & (mod > 0) & (prev >= 0.9 * mod)
-        reset = neg & ~roll
-        d = np.where(roll, d + mod, np.where(reset, cv, d))
-        resets = np.bincount(cm[reset], minlength=n_m).astype(np.int64)
-        rolls = np.bincount(cm[roll], minlength=n_m).astype(np.int64)
         # The product active at each count is the last product sample strictly before it: a counter
         # value read at the moment of a product change still counts parts of the old product.
         psel = past & (ls == PRODUCT) & (lq == GOOD) & np.isfinite(lv)

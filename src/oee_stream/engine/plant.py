@@ -29,8 +29,8 @@ CLASS_INDEX = {
 
 # Reasons the engine itself assigns; PLC reasons from state tables follow.
 BUILTIN_REASONS = ("", "no data", "bad quality", "unmapped state code", "connector offline", "stale signal",
-                   "stopped", "break", "unscheduled")
-R_NONE, R_NO_DATA, R_BAD, R_UNMAPPED, R_OFFLINE, R_STALE, R_STOPPED, R_BREAK, R_UNSCHEDULED = range(9)
+                   "stopped", "break", "unscheduled", "no count")
+R_NONE, R_NO_DATA, R_BAD, R_UNMAPPED, R_OFFLINE, R_STALE, R_STOPPED, R_BREAK, R_UNSCHEDULED, R_NO_COUNT = range(10)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -55,6 +55,8 @@ class CompiledPlant:
     counter_modulus: FloatArray  # 2**width, 0 when the counter has no fixed width
     microstop_threshold: FloatArray
     uses_run_bit: npt.NDArray[np.bool_]
+    uses_counts: npt.NDArray[np.bool_]
+    no_count_stop_after: FloatArray
     is_rate: npt.NDArray[np.bool_]
     units: tuple[str, ...]
     config_hash: str
@@ -133,6 +135,8 @@ def compile_plant(plant: Plant) -> CompiledPlant:
             [m.microstop_threshold_s if m.microstop_threshold_s is not None
              else plant.policies.microstop_threshold_s for m in machines], dtype=np.float64),
         uses_run_bit=np.array([m.state_source == "run_bit" for m in machines], dtype=np.bool_),
+        uses_counts=np.array([m.state_source == "counts" for m in machines], dtype=np.bool_),
+        no_count_stop_after=np.array([m.no_count_stop_after_s for m in machines], dtype=np.float64),
         is_rate=np.array([m.kind is MachineKind.rate for m in machines], dtype=np.bool_),
         units=tuple(m.unit for m in machines),
         config_hash=plant.config_hash(),
