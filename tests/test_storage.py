@@ -109,7 +109,7 @@ def test_migrations_apply_twice_and_create_tables(fresh_db_url: str) -> None:
     assert {"samples", "state_intervals", "oee_results", "config_versions", "dead_letters",
             "schema_migrations", "oee_hourly", "oee_daily", "samples_hourly"} <= tables
     assert versions == [m.version for m in MIGRATIONS]
-    assert pk is not None and pk[0] == ["entity", "window_kind", "window_start"]
+    assert pk is not None and pk[0] == ["entity", "entity_kind", "window_kind", "window_start"]
 
 
 def test_concurrent_migrations_do_not_race(fresh_db_url: str) -> None:
@@ -187,6 +187,19 @@ async def test_results_upsert_replaces_the_window(db: str) -> None:
     assert row[0] == 1200 and row[1] == 1150 and row[3] == 3600
     assert row[2] == pytest.approx(corrected.oee)
     assert row[4]["total"] == 1200 and row[4]["start"].endswith("Z")
+
+
+async def test_line_and_area_with_the_same_id_keep_their_own_rows(db: str) -> None:
+    line = make_result("extrusion", total=100, good=100)
+    line.entity_kind = "line"
+    area = make_result("extrusion", total=300, good=250)
+    area.entity_kind = "area"
+    async with StorageWriter(db) as w:
+        await w.write_results([line, area])
+        await w.flush(10)
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("select entity_kind, total from oee_results order by 1").fetchall()
+    assert rows == [("area", 300.0), ("line", 100.0)]
 
 
 async def test_nan_never_reaches_the_database(db: str) -> None:

@@ -6,18 +6,23 @@ database is still down, and /readyz reports that until it comes back.
 """
 
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import orjson
 import psycopg
 import structlog
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import make_asgi_app
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from oee_stream import metrics as _metrics  # noqa: F401  (registers the service's metrics for /metrics)
 from oee_stream.api.models import (
     DependencyStatus,
     ErrorOut,
@@ -63,6 +68,9 @@ class ApiSettings:
     readyz_timeout_s: float = 2.0
     request_timeout_s: float = 5.0  # waiting for a pooled connection, and statement_timeout
     max_range_days: int = 400
+    anonymous_read: bool = False  # GET routes without credentials (the demo); never write routes
+    stream_interval_s: float = 1.0  # how often /api/v1/stream polls the database
+    stream_heartbeat_s: float = 15.0  # comment line sent when nothing changed for this long
 
 
 def _allowed_windows(plant: Plant) -> list[str]:
@@ -88,6 +96,22 @@ def _summary(stored: queries.StoredResult) -> KpiSummary:
         unit=p.get("unit") or "",
         flags=list(p.get("flags") or []),
     )
+
+
+def _current_state(
+    open_state: queries.CurrentState | None, kpis: dict[str, queries.StoredResult]
+) -> tuple[str | None, str | None, datetime | str | None]:
+    """(state, reason, since): the open state interval when one is stored, else what the most recently
+    computed result saw (calendar windows may end in the future, so "latest end" is not "latest news")."""
+    if open_state is not None:
+        return open_state.state, open_state.reason, open_state.since
+    if not kpis:
+        return None, None, None
+    newest = max(
+        kpis.values(),
+        key=lambda r: (r.payload.get("state") is not None, r.computed_at, r.payload.get("end") or ""),
+    )
+    return newest.payload.get("state"), newest.payload.get("reason"), newest.payload.get("state_since")
 
 
 def _err(status: int, detail: str) -> HTTPException:
@@ -178,28 +202,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """Every machine of the plant model, in plant order, with its current state and the newest stored
         KPI result per window kind (`kpis["15m"]`, `kpis["shift"]`, …)."""
         async with pool_of(request).connection(timeout=settings.request_timeout_s) as conn:
-            latest = await queries.latest_results(conn, machine_ids, allowed)
-            states = await queries.open_states(conn, machine_ids)
+            return await machines_now(conn)
+
+    async def machines_now(conn: psycopg.AsyncConnection[Any]) -> list[MachineOut]:
+        latest = await queries.latest_results(conn, machine_ids, allowed, entity_kind="machine")
+        states = await queries.open_states(conn, machine_ids)
         out: list[MachineOut] = []
         for line in plant.lines:
             for m in line.machines:
                 kpis = latest.get(m.id, {})
-                state: str | None = None
-                reason: str | None = None
-                since: datetime | None = None
-                if m.id in states:
-                    st = states[m.id]
-                    state, reason, since = st.state, st.reason, st.since
-                elif kpis:
-                    # No open interval stored: fall back to the state the most recently computed result
-                    # saw (calendar windows may end in the future, so "latest end" is not "latest news").
-                    newest = max(
-                        kpis.values(),
-                        key=lambda r: (r.payload.get("state") is not None, r.computed_at, r.payload.get("end") or ""),
-                    )
-                    state = newest.payload.get("state")
-                    reason = newest.payload.get("reason")
-                    since = newest.payload.get("state_since")
+                state, reason, since = _current_state(states.get(m.id), kpis)
                 out.append(
                     MachineOut(
                         id=m.id,
@@ -216,6 +228,67 @@ def create_app(settings: ApiSettings) -> FastAPI:
                     )
                 )
         return out
+
+    @app.get(
+        "/api/v1/stream",
+        tags=["live"],
+        summary="Live updates as Server-Sent Events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "An endless event stream."}},
+    )
+    async def stream(
+        request: Request,
+        interval_s: Annotated[
+            float | None,
+            Query(ge=0.2, le=60, description=f"Poll interval in seconds (default {settings.stream_interval_s})."),
+        ] = None,
+    ) -> StreamingResponse:
+        """`text/event-stream`. On connect and whenever it changes: `event: machines` with the same JSON as
+        `GET /api/v1/machines`. For every machine whose state (state, reason, since) changed: `event: state`
+        with `{"machine", "state", "reason", "state_since"}`. A comment line (`: keepalive`) when nothing
+        was sent for a while; `: database unavailable` while the database does not answer (the stream
+        stays open and resumes). Reconnect with the browser's EventSource default behaviour."""
+        every = interval_s or settings.stream_interval_s
+        pool = pool_of(request)
+
+        async def events() -> AsyncIterator[str]:
+            last_body: str | None = None
+            last_states: dict[str, tuple[Any, ...]] = {}
+            last_sent = time.monotonic()
+            yield "retry: 3000\n\n"
+            while not await request.is_disconnected():
+                chunks: list[str] = []
+                try:
+                    async with pool.connection(timeout=settings.request_timeout_s) as conn:
+                        machines = await machines_now(conn)
+                except (PoolTimeout, psycopg.Error) as exc:
+                    log.warning("stream_database_unavailable", error=type(exc).__name__)
+                    chunks.append(": database unavailable\n\n")
+                else:
+                    body = orjson.dumps([m.model_dump(mode="json") for m in machines]).decode()
+                    if body != last_body:
+                        chunks.append(f"event: machines\ndata: {body}\n\n")
+                        last_body = body
+                    for m in machines:
+                        key = (m.state, m.reason, m.state_since)
+                        if last_states.get(m.id) != key:
+                            last_states[m.id] = key
+                            data = orjson.dumps({"machine": m.id, "state": m.state, "reason": m.reason,
+                                                 "state_since": m.state_since}).decode()
+                            chunks.append(f"event: state\ndata: {data}\n\n")
+                now = time.monotonic()
+                if not chunks and now - last_sent >= settings.stream_heartbeat_s:
+                    chunks.append(": keepalive\n\n")
+                if chunks:
+                    last_sent = now
+                    yield "".join(chunks)
+                await asyncio.sleep(every)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get(
         "/api/v1/machines/{machine_id}/oee",
@@ -252,7 +325,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             if window not in allowed:
                 raise _err(422, f"unknown window {window!r}; allowed windows: {allowed}")
             async with pool_of(request).connection(timeout=settings.request_timeout_s) as conn:
-                latest = await queries.latest_results(conn, [machine_id], [window])
+                latest = await queries.latest_results(conn, [machine_id], [window], entity_kind="machine")
             stored = latest[machine_id].get(window)
             if stored is None:
                 raise _err(404, f"no stored {window!r} result for machine {machine_id!r} yet")
@@ -277,5 +350,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         if not records:
             result["unit"] = m.unit
         return dict(json_safe(result))
+
+    # Prometheus text format of the process-wide registry (engine, writer and API metrics).
+    app.mount("/metrics", make_asgi_app())
 
     return app

@@ -267,9 +267,21 @@ GROUP BY machine_id, signal, date_trunc('hour', time, 'UTC');
 {_KPI_VIEWS}
 """
 
+# An area is named after its `area` string and a line by its id, so "extrusion" can be both (the demo
+# plant does this): without entity_kind in the key the line and area rows of a window overwrote each other.
+_V3_COMMON = """
+ALTER TABLE oee_results DROP CONSTRAINT IF EXISTS oee_results_pkey;
+ALTER TABLE oee_results ADD CONSTRAINT oee_results_pkey
+    PRIMARY KEY (entity, entity_kind, window_kind, window_start);
+DROP INDEX IF EXISTS oee_results_latest_idx;
+CREATE INDEX IF NOT EXISTS oee_results_latest_idx
+    ON oee_results (entity, entity_kind, window_kind, window_end DESC);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _V1_COMMON, _V1_TIMESCALEDB, _V1_POSTGRESQL),
     Migration(2, "roll-ups", "", _V2_TIMESCALEDB, _V2_POSTGRESQL),
+    Migration(3, "entity kind in the result key", _V3_COMMON),
 )
 
 

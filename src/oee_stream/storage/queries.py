@@ -211,6 +211,7 @@ CROSS JOIN LATERAL (
     SELECT computed_at, payload
     FROM oee_results
     WHERE entity = e.entity AND window_kind = k.kind
+      AND (%(entity_kind)s::text IS NULL OR entity_kind = %(entity_kind)s::text)
     ORDER BY window_end DESC, window_start DESC
     LIMIT 1
 ) AS r
@@ -218,13 +219,21 @@ CROSS JOIN LATERAL (
 
 
 async def latest_results(
-    conn: psycopg.AsyncConnection[Any], entities: Sequence[str], window_kinds: Sequence[str]
+    conn: psycopg.AsyncConnection[Any],
+    entities: Sequence[str],
+    window_kinds: Sequence[str],
+    *,
+    entity_kind: str | None = None,
 ) -> dict[str, dict[str, StoredResult]]:
-    """Newest stored result per entity and window kind (by window end), as {entity: {kind: result}}."""
+    """Newest stored result per entity and window kind (by window end), as {entity: {kind: result}}.
+
+    Give `entity_kind` (machine | line | area | site): a line and an area may share an id."""
     out: dict[str, dict[str, StoredResult]] = {e: {} for e in entities}
     if not entities or not window_kinds:
         return out
-    cur = await conn.execute(_LATEST, {"entities": list(entities), "kinds": list(window_kinds)})
+    cur = await conn.execute(
+        _LATEST, {"entities": list(entities), "kinds": list(window_kinds), "entity_kind": entity_kind}
+    )
     for entity, kind, computed_at, payload in await cur.fetchall():
         out[entity][kind] = StoredResult(entity, kind, computed_at, payload)
     return out

@@ -157,7 +157,7 @@ SELECT time, machine_id, signal, value, text_value, quality FROM samples_in
 ON CONFLICT (machine_id, signal, time) DO NOTHING
 """
 
-_RESULT_KEY = ("entity", "window_kind", "window_start")
+_RESULT_KEY = ("entity", "entity_kind", "window_kind", "window_start")
 _RESULTS_UPSERT = (
     f"INSERT INTO oee_results ({', '.join(OEE_RESULT_COLUMNS)}) "
     f"VALUES ({', '.join(['%s'] * len(OEE_RESULT_COLUMNS))}) "
