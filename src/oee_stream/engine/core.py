@@ -455,8 +455,10 @@ class Engine:
         k_state = len(rt)
         am = np.concatenate([rm, *cal_m])
         at = np.concatenate([rt, *cal_t])
-        kind = np.concatenate([np.where(terminal, 2, 0).astype(np.int8),
-                               np.ones(sum(len(x) for x in cal_t), np.int8)])
+        # At equal times a calendar boundary sorts before a state change, so a stop that starts exactly
+        # when a shift starts is seen inside the shift.
+        kind = np.concatenate([np.where(terminal, 2, 1).astype(np.int8),
+                               np.zeros(sum(len(x) for x in cal_t), np.int8)])
         src = np.concatenate([np.arange(k_state), np.full(len(at) - k_state, -1)])
         calv = np.concatenate([np.full(k_state, -1, np.int8), *cal_c]) if cal_c else np.full(k_state, -1, np.int8)
         order = np.lexsort((kind, at, am))
