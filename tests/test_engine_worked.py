@@ -250,3 +250,17 @@ def test_no_count_for_n_seconds_means_stopped() -> None:
     assert r.seconds["micro_stop"] == pytest.approx(75)  # 95+30 .. 200: shorter than 120 s
     assert r.seconds["unplanned_stop"] == pytest.approx(400 - 275) and r.stops == 1
     assert r.reason == "no count"
+
+
+def test_impossible_telemetry_is_rejected_with_its_reason() -> None:
+    eng = Engine(plant(machines=[{"id": "m1", "state_table": "t", "counter_width": 16,
+                                  "products": {"a": {"ideal_cycle_time_s": 1.0}}}]))
+    rep = eng.ingest([S("total", T0, 70000), S("total", T0, -1), S("state", T0, 1.5), S("product", T0, "zz"),
+                      S("nonsense", T0, 1), S("total", T0, float("nan")), S("total", T0, 5, m="m9")], now=T0 + 10)
+    reasons = dict(rep.rejected)
+    assert reasons[0].startswith("counter value exceeds")
+    assert reasons[1] == "negative counter value"
+    assert reasons[2] == "state code is not an integer"
+    assert reasons[3].startswith("unknown product 'zz'") and "['a']" in reasons[3]
+    assert reasons[4] == "unknown signal" and reasons[5] == "value is not a finite number"
+    assert reasons[6] == "unknown machine" and rep.accepted == 0

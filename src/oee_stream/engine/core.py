@@ -78,7 +78,7 @@ SPEED_WINDOW_S = 300.0
 # Reasons a sample is refused; index 0 means accepted.
 REJECT_REASONS = ("", "unknown machine", "unknown signal", "future timestamp beyond max_clock_skew_s",
                   "value is not a finite number", "negative counter value", "state code is not an integer",
-                  "unknown product")
+                  "unknown product", "counter value exceeds its configured width (counter_width)")
 
 
 @dataclass
@@ -216,6 +216,8 @@ class Engine:
         counter = (s == TOTAL) | (s == REJECT) | (s == INPUT)
         reason[(reason == 0) & counter & good & (v < 0)] = 5
         reason[(reason == 0) & (s == STATE) & good & (v != np.round(v))] = 6
+        modulus = self.cp.counter_modulus[np.clip(m, 0, self.cp.n - 1)]
+        reason[(reason == 0) & counter & good & (modulus > 0) & (v >= modulus)] = 8
         ok = reason == 0
         if self.origin is None and ok.any():
             self.origin = math.floor(float(t[ok].min()) / 3600.0) * 3600.0 - self.retention_s
