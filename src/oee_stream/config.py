@@ -19,7 +19,6 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
 M = TypeVar("M", bound=BaseModel)
 
 
