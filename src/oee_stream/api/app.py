@@ -11,30 +11,28 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
 import psycopg
 import structlog
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import make_asgi_app
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from oee_stream import metrics as _metrics  # noqa: F401  (registers the service's metrics for /metrics)
+from oee_stream.api import reads
+from oee_stream.api.deps import Ctx
 from oee_stream.api.models import (
     DependencyStatus,
     ErrorOut,
-    KpiRecord,
-    KpiSummary,
     LiveOut,
     MachineOut,
     ReadyOut,
 )
 from oee_stream.config import Plant
 from oee_stream.storage import queries
-from oee_stream.storage.writer import json_safe
 
 log = structlog.get_logger(__name__)
 
@@ -78,50 +76,11 @@ def _allowed_windows(plant: Plant) -> list[str]:
     return names + [w for w in CALENDAR_WINDOWS if w not in names]
 
 
-def _summary(stored: queries.StoredResult) -> KpiSummary:
-    p = stored.payload
-    return KpiSummary(
-        start=p["start"],
-        end=p["end"],
-        computed_at=stored.computed_at,
-        availability=p.get("availability"),
-        performance=p.get("performance"),
-        quality=p.get("quality"),
-        oee=p.get("oee"),
-        teep=p.get("teep"),
-        coverage=p.get("coverage"),
-        total=p.get("total") or 0.0,
-        good=p.get("good") or 0.0,
-        reject=p.get("reject") or 0.0,
-        unit=p.get("unit") or "",
-        flags=list(p.get("flags") or []),
-    )
-
-
-def _current_state(
-    open_state: queries.CurrentState | None, kpis: dict[str, queries.StoredResult]
-) -> tuple[str | None, str | None, datetime | str | None]:
-    """(state, reason, since): the open state interval when one is stored, else what the most recently
-    computed result saw (calendar windows may end in the future, so "latest end" is not "latest news")."""
-    if open_state is not None:
-        return open_state.state, open_state.reason, open_state.since
-    if not kpis:
-        return None, None, None
-    newest = max(
-        kpis.values(),
-        key=lambda r: (r.payload.get("state") is not None, r.computed_at, r.payload.get("end") or ""),
-    )
-    return newest.payload.get("state"), newest.payload.get("reason"), newest.payload.get("state_since")
-
-
-def _err(status: int, detail: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=detail)
-
-
 def create_app(settings: ApiSettings) -> FastAPI:
     plant = settings.plant
     allowed = _allowed_windows(plant)
     machine_ids = [m.id for m in plant.machines]
+    ctx = Ctx(settings=settings, plant=plant, allowed_windows=allowed)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -163,10 +122,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api_database_unavailable", path=request.url.path, error=type(exc).__name__)
         return JSONResponse(status_code=503, content={"detail": "database unavailable, try again shortly"})
-
-    def check_machine(machine_id: str) -> None:
-        if machine_id not in machine_ids:
-            raise _err(404, f"unknown machine {machine_id!r}; known machines: {machine_ids}")
 
     @app.get("/livez", response_model=LiveOut, tags=["probes"], summary="Liveness")
     async def livez() -> LiveOut:
@@ -211,7 +166,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         for line in plant.lines:
             for m in line.machines:
                 kpis = latest.get(m.id, {})
-                state, reason, since = _current_state(states.get(m.id), kpis)
+                state, reason, since = reads.current_state(states.get(m.id), kpis)
                 out.append(
                     MachineOut(
                         id=m.id,
@@ -224,7 +179,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                         state=state,
                         reason=reason,
                         state_since=since,
-                        kpis={k: _summary(v) for k, v in kpis.items()},
+                        kpis={k: reads.summary(v) for k, v in kpis.items()},
                     )
                 )
         return out
@@ -290,66 +245,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get(
-        "/api/v1/machines/{machine_id}/oee",
-        response_model=KpiRecord,
-        response_model_exclude_none=False,
-        tags=["machines"],
-        summary="Latest KPI record of a window, or a roll-up over a time range",
-        responses={
-            404: {"model": ErrorOut, "description": "Unknown machine, or no stored result yet."},
-            422: {"model": ErrorOut, "description": "Unknown window or invalid range."},
-            503: {"model": ErrorOut},
-        },
-    )
-    async def machine_oee(
-        request: Request,
-        machine_id: str,
-        window: Annotated[
-            str | None,
-            Query(description=f"Window kind, one of: {', '.join(allowed)}. Omit when giving start and end."),
-        ] = None,
-        start: Annotated[
-            datetime | None,
-            Query(description="Range start, ISO 8601 with offset (e.g. 2025-03-01T06:00:00Z)."),
-        ] = None,
-        end: Annotated[datetime | None, Query(description="Range end (exclusive), ISO 8601 with offset.")] = None,
-    ) -> dict[str, Any]:
-        """Either `?window=15m` (the newest stored result of that window kind, full record) or
-        `?start=…&end=…` (a roll-up of the stored hourly results lying entirely inside the range, with
-        `window = "range"`; the flag `partial_range` says hours were missing)."""
-        check_machine(machine_id)
-        if start is None and end is None:
-            if window is None:
-                raise _err(422, f"give ?window= (one of {allowed}) or ?start=&end= (ISO 8601)")
-            if window not in allowed:
-                raise _err(422, f"unknown window {window!r}; allowed windows: {allowed}")
-            async with pool_of(request).connection(timeout=settings.request_timeout_s) as conn:
-                latest = await queries.latest_results(conn, [machine_id], [window], entity_kind="machine")
-            stored = latest[machine_id].get(window)
-            if stored is None:
-                raise _err(404, f"no stored {window!r} result for machine {machine_id!r} yet")
-            return dict(json_safe(stored.payload))
-
-        if window is not None:
-            raise _err(422, "give either ?window= or ?start=&end=, not both")
-        if start is None or end is None:
-            raise _err(422, "a range needs both start and end (ISO 8601 with offset)")
-        if start.tzinfo is None or end.tzinfo is None:
-            raise _err(422, "start and end need a UTC offset, e.g. 2025-03-01T06:00:00Z")
-        if end <= start:
-            raise _err(422, "end must be after start")
-        if end - start > timedelta(days=settings.max_range_days):
-            raise _err(422, f"range too long: at most {settings.max_range_days} days")
-        async with pool_of(request).connection(timeout=settings.request_timeout_s) as conn:
-            records = await queries.hourly_payloads(conn, machine_id, start, end)
-        m = plant.machine(machine_id)
-        result = queries.rollup(
-            records, entity=machine_id, entity_kind="machine", start=start.timestamp(), end=end.timestamp()
-        )
-        if not records:
-            result["unit"] = m.unit
-        return dict(json_safe(result))
+    reads.register(app, ctx)
 
     # Prometheus text format of the process-wide registry (engine, writer and API metrics).
     app.mount("/metrics", make_asgi_app())

@@ -150,3 +150,141 @@ class ErrorOut(BaseModel):
     """Error body for 404, 422 (parameter errors raised by this API) and 503."""
 
     detail: str = Field(description="What went wrong and, where it applies, the allowed values.")
+
+
+# ------------------------------------------------------------------------------------------ read API
+
+
+class StateOut(BaseModel):
+    state: str | None = Field(description="Current time class; null when nothing is stored yet.")
+    reason: str | None = Field(default=None, description="Current stop reason, if any.")
+    state_since: str | None = Field(default=None, description="Since when, ISO 8601 in the requested tz.")
+    state_age_s: float | None = Field(default=None, description="Seconds in the current state.")
+
+
+class PlantMachine(StateOut):
+    id: str
+    name: str | None
+    kind: str
+    unit: str
+    kpis: dict[str, KpiSummary] = Field(description="Newest stored result per window kind.")
+
+
+class PlantLine(BaseModel):
+    id: str
+    name: str | None
+    constraint: str | None = Field(description="Designated bottleneck machine; line KPIs follow it.")
+    state: str | None = Field(description="State of the constraint machine, if one is configured.")
+    state_counts: dict[str, int] = Field(description="Number of the line's machines in each state.")
+    kpis: dict[str, KpiSummary]
+    machines: list[PlantMachine]
+
+
+class PlantArea(BaseModel):
+    id: str
+    state_counts: dict[str, int]
+    kpis: dict[str, KpiSummary]
+    lines: list[PlantLine]
+
+
+class PlantSite(BaseModel):
+    id: str
+    name: str | None
+    timezone: str
+    state_counts: dict[str, int]
+    kpis: dict[str, KpiSummary]
+    areas: list[PlantArea]
+
+
+class PlantOut(BaseModel):
+    """The plant tree site → areas → lines → machines with current states and latest KPIs."""
+
+    generated_at: str = Field(description="When this answer was made, in the requested tz.")
+    site: PlantSite
+
+
+class SeriesOut(BaseModel):
+    """Stored calendar-aligned results of one entity, oldest first, one page."""
+
+    entity: str
+    entity_kind: str
+    bucket: Literal["hour", "shift", "day"]
+    items: list[KpiRecord]
+    total: int = Field(description="Buckets matching without limit/offset.")
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last page.")
+
+
+class LossItem(BaseModel):
+    name: str
+    seconds: float
+    share: float | None = Field(description="Share of the listed total; null when that is 0.")
+
+
+class LossesOut(BaseModel):
+    """Loss Pareto over a range: sums of stored hourly results, largest first."""
+
+    entity: str
+    entity_kind: str
+    start: str
+    end: str
+    ppt_s: float = Field(description="Planned production time of the range, seconds.")
+    records: int = Field(description="Hourly results added.")
+    six_big_losses: list[LossItem] = Field(description="Six big losses in seconds, descending.")
+    downtime_by_reason: list[LossItem] = Field(
+        description="Stop seconds per reason, descending. For lines, areas and the site: summed over "
+        "their machines (the line KPIs themselves follow the constraint machine)."
+    )
+    flags: list[str]
+
+
+class ShiftHour(BaseModel):
+    start: str
+    end: str
+    planned_s: float = Field(description="Planned production time of the hour inside the shift, from the calendar.")
+    product: str | None = Field(description="Product the hour's target is based on.")
+    ideal: float = Field(description="Units the machine makes in planned_s at ideal speed.")
+    target: float = Field(description="Target units: configured units/hour, else ideal × target OEE, else ideal.")
+    total: float | None = Field(description="Actual total; null for hours not started yet.")
+    good: float | None
+    reject: float | None
+    oee: float | None
+    cumulative_target: float
+    cumulative_good: float | None
+
+
+class ShiftReportOut(BaseModel):
+    """Hour-by-hour target vs actual of one machine in one shift."""
+
+    machine: str
+    unit: str
+    shift: str
+    start: str
+    end: str
+    target_basis: Literal["configured", "target_oee", "ideal"]
+    hours: list[ShiftHour]
+    target: float
+    good: float
+    total: float
+
+
+class DowntimeEvent(BaseModel):
+    machine: str
+    start: str = Field(description="Event start; also its key in PUT /api/v1/downtime/{machine}/{start}.")
+    end: str | None = Field(description="Null while the event is still going on.")
+    duration_s: float = Field(description="Seconds; for an open event, until now.")
+    time_class: str
+    reason: str | None
+    reason_category: str | None = None
+    reason_source: str | None = Field(description="plc | rule | operator")
+    comment: str | None
+
+
+class DowntimeOut(BaseModel):
+    machine: str
+    items: list[DowntimeEvent]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None

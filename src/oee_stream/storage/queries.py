@@ -261,16 +261,101 @@ async def open_states(conn: psycopg.AsyncConnection[Any], machines: Sequence[str
     return {m: CurrentState(tc, reason, since) for m, tc, reason, since in await cur.fetchall()}
 
 
-_HOURLY = """
-SELECT payload FROM oee_results
-WHERE entity = %s AND window_kind = 'hour' AND window_start >= %s AND window_end <= %s
-ORDER BY window_start
-"""
-
-
 async def hourly_payloads(
-    conn: psycopg.AsyncConnection[Any], entity: str, start: datetime, end: datetime
+    conn: psycopg.AsyncConnection[Any],
+    entity: str,
+    start: datetime,
+    end: datetime,
+    *,
+    entity_kind: str = "machine",
 ) -> list[dict[str, Any]]:
     """Stored hourly results lying entirely inside [start, end)."""
-    cur = await conn.execute(_HOURLY, (entity, start.astimezone(UTC), end.astimezone(UTC)))
-    return [row[0] for row in await cur.fetchall()]
+    page = await results_in_range(conn, entity_kind, [entity], "hour", start, end, inside=True)
+    return [p for _, p in page.rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[tuple[str, dict[str, Any]]]  # (entity, payload)
+    total: int  # rows matching without limit/offset
+
+
+async def results_in_range(
+    conn: psycopg.AsyncConnection[Any],
+    entity_kind: str,
+    entities: Sequence[str],
+    window_kind: str,
+    start: datetime,
+    end: datetime,
+    *,
+    inside: bool,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Page:
+    """Stored results of one window kind, ordered by window start then entity.
+
+    `inside=True`: windows lying entirely inside [start, end) (for roll-ups, so no time outside the
+    range is added); False: windows starting in [start, end) (series and reports, the last bucket may
+    still be in progress).
+    """
+    cond = "window_end <= %(end)s" if inside else "window_start < %(end)s"
+    q = f"""
+        SELECT entity, payload, count(*) OVER () AS n FROM oee_results
+        WHERE entity = ANY(%(entities)s) AND entity_kind = %(kind)s AND window_kind = %(wk)s
+          AND window_start >= %(start)s AND {cond}
+        ORDER BY window_start, entity
+        LIMIT %(limit)s OFFSET %(offset)s"""
+    params = {"entities": list(entities), "kind": entity_kind, "wk": window_kind,
+              "start": start.astimezone(UTC), "end": end.astimezone(UTC), "limit": limit, "offset": offset}
+    cur = await conn.execute(q, params)
+    fetched = await cur.fetchall()
+    total = int(fetched[0][2]) if fetched else 0
+    if not fetched and offset:
+        cur = await conn.execute(
+            f"""SELECT count(*) FROM oee_results
+                WHERE entity = ANY(%(entities)s) AND entity_kind = %(kind)s AND window_kind = %(wk)s
+                  AND window_start >= %(start)s AND {cond}""", params)
+        row = await cur.fetchone()
+        total = int(row[0]) if row else 0
+    return Page([(e, p) for e, p, _ in fetched], total)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    machine: str
+    start: datetime
+    end: datetime | None
+    time_class: str
+    reason: str | None
+    reason_source: str | None
+    comment: str | None
+    reason_category: str | None = None
+
+
+_INTERVAL_COLS = "machine_id, start_time, end_time, time_class, reason, reason_source, comment"
+
+
+async def intervals_in_range(
+    conn: psycopg.AsyncConnection[Any],
+    machine: str,
+    start: datetime,
+    end: datetime,
+    *,
+    classes: Sequence[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[list[Interval], int]:
+    """State intervals of a machine overlapping [start, end) (open ones included), oldest first, and the
+    number matching without limit/offset."""
+    q = f"""
+        SELECT {_INTERVAL_COLS}, count(*) OVER () FROM state_intervals
+        WHERE machine_id = %(m)s AND start_time < %(end)s AND (end_time IS NULL OR end_time > %(start)s)
+          AND (%(classes)s::text[] IS NULL OR time_class = ANY(%(classes)s::text[]))
+        ORDER BY start_time
+        LIMIT %(limit)s OFFSET %(offset)s"""
+    cur = await conn.execute(q, {"m": machine, "start": start.astimezone(UTC), "end": end.astimezone(UTC),
+                                 "classes": list(classes) if classes is not None else None,
+                                 "limit": limit, "offset": offset})
+    rows = await cur.fetchall()
+    total = int(rows[0][-1]) if rows else 0
+    return [Interval(*r[:-1]) for r in rows], total

@@ -1,0 +1,75 @@
+"""What the route modules share: settings, the plant model, the pool and entity look-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from fastapi import HTTPException, Request
+from psycopg_pool import AsyncConnectionPool
+
+from oee_stream.config import Machine, Plant
+
+ENTITY_KINDS: tuple[str, ...] = ("machine", "line", "area", "site")
+
+
+@dataclass
+class Ctx:
+    settings: Any  # ApiSettings (not imported: app.py imports this module)
+    plant: Plant
+    allowed_windows: list[str]
+    members: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, id) -> machine ids
+
+    def __post_init__(self) -> None:
+        p = self.plant
+        for line in p.lines:
+            ids = [m.id for m in line.machines]
+            self.members[("line", line.id)] = ids
+            self.members.setdefault(("area", line.area), []).extend(ids)
+            for m in ids:
+                self.members[("machine", m)] = [m]
+        self.members[("site", p.site.id)] = [m.id for m in p.machines]
+
+    @property
+    def machine_ids(self) -> list[str]:
+        return [m.id for m in self.plant.machines]
+
+    def pool(self, request: Request) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = request.app.state.pool
+        return pool
+
+    def connection(self, request: Request) -> Any:
+        return self.pool(request).connection(timeout=self.settings.request_timeout_s)
+
+    def machine(self, machine_id: str) -> Machine:
+        try:
+            return self.plant.machine(machine_id)
+        except KeyError:
+            raise HTTPException(
+                404, f"unknown machine {machine_id!r}; known machines: {self.machine_ids}"
+            ) from None
+
+    def entity(self, entity_id: str, kind: str | None) -> tuple[str, str]:
+        """(kind, id) of an entity; a line and an area may share an id, then `kind` must say which."""
+        if kind is not None and kind not in ENTITY_KINDS:
+            raise HTTPException(422, f"unknown kind {kind!r}; allowed: {list(ENTITY_KINDS)}")
+        found = [k for k in ENTITY_KINDS if (k, entity_id) in self.members and kind in (None, k)]
+        if not found:
+            known = {k: sorted({i for kk, i in self.members if kk == k}) for k in ENTITY_KINDS}
+            raise HTTPException(404, f"unknown entity {entity_id!r}" + (f" of kind {kind}" if kind else "")
+                                + f"; known: {known}")
+        if len(found) > 1:
+            raise HTTPException(
+                422, f"{entity_id!r} is both a {' and a '.join(found)}; add ?kind={found[0]} or ?kind={found[1]}"
+            )
+        return found[0], entity_id
+
+    async def targets(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
+        """Configured production targets, units per hour by machine id (empty when none are configured)."""
+        return {}
+
+    def tz_name(self, kind: str, entity_id: str) -> str:
+        """The zone of the entity's calendar windows (the engine buckets hours and days in it)."""
+        first = self.members[(kind, entity_id)][0]
+        return self.plant.calendars[self.plant.machine(first).calendar].timezone
