@@ -246,6 +246,7 @@ class Publisher:
             self.buffer.ack(seq for seq, _ in items)
             self.stats.samples_published += len(items)
             self.stats.messages_published += 1
+        self.stats.buffered = len(self.buffer)
         return all_ok
 
     async def _publish_group(self, key: tuple[str, str], items: list[tuple[int, Sample]]) -> None:
