@@ -1,0 +1,44 @@
+"""The benchmarks' correctness checks at tiny sizes, so `make test` proves the scripts still run.
+
+No timings are asserted here: the benchmarks print them (benchmarks/*.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+pytest.importorskip("pandas")
+
+from benchmarks import engine as bench_engine  # noqa: E402
+
+
+def _assert_agree(out: dict[str, object], peers: tuple[str, ...]) -> None:
+    for peer in peers:
+        diff = out[peer]
+        assert isinstance(diff, tuple)
+        assert bench_engine.agrees(diff), f"{peer} disagrees with the engine: {diff}"
+
+
+def test_engine_pandas_reference_agree() -> None:
+    out = bench_engine.check_agreement(5, 20_000, n_reference=5)
+    _assert_agree(out, ("pandas", "reference"))
+    # the synthetic data exercises every class the peers compute: not all null
+    assert (out["engine"]["OEE"] > 0).any()  # type: ignore[index]
+
+
+def test_engine_sql_agree(database_url: str) -> None:
+    out = bench_engine.check_agreement(5, 20_000, n_reference=1, database_url=database_url)
+    assert "sql" in out, "PostgreSQL was not reachable"
+    _assert_agree(out, ("pandas", "reference", "sql"))
+
+
+def test_engine_benchmark_main_runs_tiny() -> None:
+    assert bench_engine.main(["--machines", "3", "--samples", "3000", "--repeat", "1", "--no-sql",
+                              "--reference", "1"]) == 0
