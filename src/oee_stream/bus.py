@@ -32,7 +32,7 @@ Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: tuple[Quality, ...] = ("good", "uncertain", "bad")
 
 # Signals the engine understands; any other signal name is informational (stored, not used for KPIs).
-KPI_SIGNALS = ("state", "run", "total", "reject", "good", "input", "product")
+KPI_SIGNALS = ("state", "run", "total", "reject", "input", "product")
 
 
 class PayloadError(ValueError):
@@ -70,8 +70,12 @@ def status_topic(site: str, connector: str) -> str:
     return f"{PREFIX}/{site}/_status/{connector}"
 
 
-def result_topic(site: str, machine: str, window: str) -> str:
-    return f"{PREFIX}/{site}/{machine}/_oee/{window}"
+def result_topic(site: str, entity: str, window: str, kind: str = "machine") -> str:
+    """Machines publish under their own topic; lines, areas and the site under `_line`, `_area`, `_site`,
+    so an id shared by a machine and a line can never collide."""
+    if kind == "machine":
+        return f"{PREFIX}/{site}/{entity}/_oee/{window}"
+    return f"{PREFIX}/{site}/_{kind}/{entity}/_oee/{window}"
 
 
 def deadletter_topic(site: str) -> str:

@@ -95,7 +95,7 @@ class Shift(_Strict):
 
 
 class CalendarException(_Strict):
-    """A date whose shifts are cancelled (`holiday`) or replaced by the listed shifts (`extra` / `replace`)."""
+    """A date whose shifts are cancelled (`holiday`) or replaced by the listed shifts (`replace`)."""
 
     date: date
     kind: Literal["holiday", "replace"] = "holiday"
@@ -115,10 +115,6 @@ class Calendar(_Strict):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown IANA timezone {v!r} (e.g. 'Europe/Berlin', 'UTC')") from exc
         return v
-
-
-class CounterSignal(_Strict):
-    width: Literal[16, 32, 64] | None = 32
 
 
 class MachineKind(StrEnum):
@@ -198,6 +194,8 @@ class Site(_Strict):
     name: str | None = None
     timezone: str = "UTC"
 
+    _tz = field_validator("timezone")(Calendar._tz.__func__)  # type: ignore[attr-defined]
+
 
 class RollingWindow(_Strict):
     name: str
@@ -218,7 +216,7 @@ class Plant(_Strict):
     policies: Policies = Field(default_factory=Policies)
     rolling_windows: list[RollingWindow] = Field(default_factory=_default_rolling)
     calendars: dict[str, Calendar]
-    state_tables: dict[str, dict[int, StateCode]] = Field(default_factory=dict)
+    state_tables: dict[str, dict[Annotated[int, Field(ge=0)], StateCode]] = Field(default_factory=dict)
     lines: list[Line]
 
     @model_validator(mode="after")

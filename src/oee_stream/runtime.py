@@ -51,6 +51,19 @@ class Running:
     connectors: list[Any] = field(default_factory=list)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"API port {host}:{port} is already in use ({exc.strerror}); is another oee-stream running? "
+                "Stop it, or choose another port with --port or OEE_API_PORT") from exc
+
+
 def mqtt_settings(settings: Settings, url: str) -> bus.MqttSettings:
     return bus.MqttSettings(url=url, username=settings.mqtt_username, password=settings.mqtt_password,
                             ca_file=settings.mqtt_ca_file)
@@ -67,6 +80,7 @@ async def running_service(
 ) -> AsyncIterator[Running]:
     """Start database, broker, simulator, connectors, engine and API; stop all of them on exit."""
     plant = load_plant(settings.plant)
+    _check_port_free(settings.api_host, settings.api_port)
     async with contextlib.AsyncExitStack() as stack:
         db_url = settings.database_url
         if db_url is None:

@@ -205,10 +205,10 @@ class EngineService:
         if self._bus is not None:
             seen: set[tuple[str, str]] = set()
             for r in reversed(results):
-                key = (r.entity, r.window)
+                key = (f"{r.entity_kind}:{r.entity}", r.window)
                 if r.window in PUBLISHED_WINDOWS and key not in seen:
                     seen.add(key)
-                    self._bus.publish_nowait(bus.result_topic(self.site, r.entity, r.window),
+                    self._bus.publish_nowait(bus.result_topic(self.site, r.entity, r.window, r.entity_kind),
                                              orjson.dumps(r.to_json()), qos=1, retain=True)
                     metrics.RESULTS_PUBLISHED.inc()
         if self.writer is not None and self.stats.ticks % self.write_every_ticks == 0:
