@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import queue
 import time
@@ -343,6 +344,20 @@ def have_all(c: Collector, ts: float, quality: str = "good") -> bool:
     return True
 
 
+def have_all_since(c: Collector, since: float, quality: str = "good") -> bool:
+    """Every node has a latest sample of this quality stamped at or after `since`."""
+    for machine in ("press-1", "caster-1"):
+        for signal in SIGNALS.values():
+            s = c.latest(machine, signal)
+            if s is None or s.ts < since or s.quality != quality:
+                return False
+    return True
+
+
+def _ts(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
 async def test_opcua_subscription_to_broker(mqtt_url: str) -> None:
     sim = UaSim(free_port())
     await sim.start()
@@ -351,29 +366,37 @@ async def test_opcua_subscription_to_broker(mqtt_url: str) -> None:
     cfg = ua_config(site, sim.endpoint, max_nodes_per_subscription=3)
     conn = build_connector(cfg, MqttSettings(mqtt_url))
     try:
+        t_start = time.time()
         async with running(conn):
-            await col.wait(lambda c: have_all(c, T0.timestamp()), what="initial values with source timestamps")
-            assert col.latest("press-1", "state") == Sample("press-1", "state", T0.timestamp(), 1, "good")
-            assert col.latest("caster-1", "product") == Sample("caster-1", "product", T0.timestamp(), "6063-T5")
+            await col.wait(lambda c: have_all_since(c, t_start), what="initial values")
+            # The initial values last changed at T0 (long ago): each initial notification is stamped with
+            # the time the connection was established, never earlier (see test_opcua_reconnect_*).
+            first = col.latest("press-1", "state")
+            assert first is not None and (first.value, first.quality) == (1, "good")
+            assert t_start <= first.ts <= time.time()
+            assert len({col.latest(m, s).ts for m in ("press-1", "caster-1")  # type: ignore[union-attr]
+                        for s in SIGNALS.values()}) == 1
+            assert conn.stats.extra["initial_restamped"] == 8
+            assert col.latest("caster-1", "product").value == "6063-T5"  # type: ignore[union-attr]
             assert col.latest("caster-1", "total").value == 100  # type: ignore[union-attr]
             status, retained = col.status["ua-test"]
             assert retained is False  # live message; a late subscriber gets it retained
             assert status.state == "online" and set(status.machines) == {"press-1", "caster-1"}
             assert conn.stats.extra["subscriptions"] == 3  # 8 nodes, at most 3 per subscription
 
-            # every change arrives with its own source timestamp, in order
+            # every later change arrives with its own source timestamp, in order
+            base = time.time()
             for i in range(1, 6):
-                await sim.write("press-1.TotalCount", 100 + i, ua.VariantType.UInt32,
-                                datetime.fromtimestamp(T0.timestamp() + i, UTC))
+                await sim.write("press-1.TotalCount", 100 + i, ua.VariantType.UInt32, _ts(base + i))
                 await asyncio.sleep(0.02)
             await col.wait(lambda c: c.latest("press-1", "total").value == 105,  # type: ignore[union-attr]
                            what="count 105")
-            totals = [(s.ts - T0.timestamp(), s.value) for s in col.samples if s.signal == "total"
+            totals = [(s.ts - base, s.value) for s in col.samples if s.signal == "total"
                       and s.machine == "press-1"]
             assert totals[-5:] == [(pytest.approx(i), 100 + i) for i in range(1, 6)]
 
             # a Bad status code → quality bad, value null
-            t_bad = datetime.fromtimestamp(T0.timestamp() + 10, UTC)
+            t_bad = _ts(base + 10)
             await sim.write("caster-1.State", 1, ua.VariantType.Int32, t_bad, ua.StatusCodes.BadDeviceFailure)
             await col.wait(lambda c: c.latest("caster-1", "state").quality == "bad",  # type: ignore[union-attr]
                            what="bad state")
@@ -389,27 +412,53 @@ async def test_opcua_subscription_to_broker(mqtt_url: str) -> None:
         await sim.stop()
 
 
-async def test_opcua_reconnects_after_server_restart(mqtt_url: str) -> None:
+async def test_opcua_reconnect_stamps_unchanged_values_after_the_outage(mqtt_url: str) -> None:
+    """Issue 4: after a reconnect the server re-sends values unchanged since before the outage, with their old
+    SourceTimestamp. They must land after the `bad` samples of the outage, or the engine (which orders by
+    source time) keeps the machine `unknown` until the next change."""
+    from engine_fixtures import plant as small_plant
+    from oee_stream.engine import Engine
+    from oee_stream.engine.plant import RUNNING
+
     port = free_port()
     sim = UaSim(port)
-    await sim.start()
+    t_old = time.time() - 3600  # the values last changed an hour ago
+    await sim.start(ts=_ts(t_old))
     site = new_site()
     col = Collector(mqtt_url, site)
     conn = build_connector(ua_config(site, sim.endpoint), MqttSettings(mqtt_url))
     try:
         async with running(conn):
-            await col.wait(lambda c: have_all(c, T0.timestamp()), what="initial values")
+            await col.wait(lambda c: have_all_since(c, t_old), what="initial values")
             await sim.stop()
-            # loss detected → every node published once as bad (the engine makes the time unknown)
-            await col.wait(lambda c: all(c.latest(m, s).quality == "bad"  # type: ignore[union-attr]
-                                         for m in ("press-1", "caster-1") for s in SIGNALS.values()),
-                           what="bad samples after server stop")
+            await col.wait(lambda c: have_all_since(c, t_old, "bad"), what="bad samples after server stop")
+            t_bad = max(col.latest(m, s).ts for m in ("press-1", "caster-1")  # type: ignore[union-attr]
+                        for s in SIGNALS.values())
             assert not conn.stats.source_connected
-            t1 = datetime.fromtimestamp(T0.timestamp() + 60, UTC)
-            await sim.start(ts=t1)
-            await col.wait(lambda c: have_all(c, t1.timestamp()), timeout_s=15, what="values after restart")
+            # the PLC comes back; nothing changed meanwhile: same values, same (old) source timestamps
+            await sim.start(ts=_ts(t_old))
+            await col.wait(lambda c: have_all_since(c, t_bad), timeout_s=15, what="values after reconnect")
             assert conn.stats.reconnects == 1 and conn.stats.source_connected
             assert conn.stats.source_errors >= 1
+            for m in ("press-1", "caster-1"):
+                for sig in SIGNALS.values():
+                    s = col.latest(m, sig)
+                    assert s is not None and s.quality == "good" and t_bad < s.ts <= time.time(), (m, sig, s)
+            assert col.latest("press-1", "state").value == 1  # type: ignore[union-attr]
+            # a change after the reconnect keeps its true source timestamp
+            t_change = time.time() + 0.5
+            await sim.write("press-1.State", 2, ua.VariantType.Int32, _ts(t_change))
+            await col.wait(lambda c: c.latest("press-1", "state").value == 2,  # type: ignore[union-attr]
+                           what="state change after reconnect")
+            assert col.latest("press-1", "state").ts == pytest.approx(t_change)  # type: ignore[union-attr]
+
+        # What the engine makes of it: running before the outage, unknown during it, running again after.
+        eng = Engine(small_plant(machines=[{"id": "press-1", "state_table": "t",
+                                            "products": {"a": {"ideal_cycle_time_s": 1.0}}}]))
+        states = [s for s in col.samples if s.machine == "press-1" and s.signal == "state" and s.value != 2]
+        assert [s.quality for s in states] == ["good", "bad", "good"]
+        eng.ingest(states, now=time.time())
+        assert int(eng.timeline(states[-1].ts + 1.0).cur_cls[0]) == RUNNING
     finally:
         col.close()
         await sim.stop()
@@ -519,6 +568,14 @@ async def test_modbus_poll_to_broker_and_recovery(mqtt_url: str, order: str) -> 
             await sim.start(furnace_registers(order, tapped=20.0))
             await col.wait(lambda c: furnace_ok(c, tapped=20.0), what="recovered values")
             assert conn.stats.reconnects >= 1 and conn.stats.source_connected
+            # Modbus stamps a value with the response time: after a reconnect every signal's first good
+            # sample is later than its last bad one, so the engine's unknown time ends at the reconnect.
+            for sig in ("state", "total", "input", "reject", "product", "temperature"):
+                series = [x for x in col.samples if x.machine == "furnace-1" and x.signal == sig]
+                last_bad = max(i for i, x in enumerate(series) if x.quality == "bad")
+                recovered = next(x for x in series[last_bad:] if x.quality == "good")
+                assert recovered.ts > series[last_bad].ts, sig
+                assert all(b.ts >= a.ts for a, b in itertools.pairwise(series)), sig
     finally:
         col.close()
         await sim.stop()

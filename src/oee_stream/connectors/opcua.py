@@ -10,6 +10,15 @@ Connection loss is detected by a periodic read of the server state node (and by 
 changes); the connector then publishes every node as ``bad`` once (the engine counts the time as
 ``unknown``), and reconnects with exponential backoff using a fresh Client and fresh subscriptions —
 asyncua cannot reuse a Client after its connection broke.
+
+Timestamps after a (re)subscription: the first notification of every monitored item reports the value
+the node has *now*, stamped with the SourceTimestamp of its last change, which may be older than the
+``bad`` sample published when the connection was lost (the value did not change during the outage). The
+engine orders samples by source time, so that value would sort before the ``bad`` sample and the time
+would stay ``unknown`` until the next change. So the first notification of each item in a session is
+stamped ``max(source timestamp, time the connection was established)``; every later change keeps its
+true source timestamp. The same holds for the first session of a process (the engine may have a gap for
+a restarted connector, see `Engine.connector_status`).
 """
 
 from __future__ import annotations
@@ -120,6 +129,9 @@ class _Handler:
         self.targets: dict[int, _Target] = {}  # client handle → (machine, signal)
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        # wall-clock time the session's connection was established; the floor of initial notifications
+        self.connected_at: float | None = None
+        self._seen: set[int] = set()  # client handles that delivered their initial notification
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
         item = data.monitored_item
@@ -131,6 +143,14 @@ class _Handler:
         except Exception:  # a malformed value must not stop the subscription
             log.exception("connector %s: cannot convert value of %s", self.conn.id, node)
             sample = Sample(target.machine, target.signal, time.time(), None, "bad")
+        handle = item.ClientHandle
+        if handle not in self._seen:
+            # The initial notification: "the value now", possibly unchanged since before an outage.
+            self._seen.add(handle)
+            floor = self.connected_at
+            if floor is not None and sample.ts < floor:
+                sample = Sample(sample.machine, sample.signal, floor, sample.value, sample.quality)
+                self.conn.stats.extra["initial_restamped"] += 1
         self.emit([sample])
 
     def status_change_notification(self, status: Any) -> None:
@@ -150,7 +170,9 @@ class OpcUaConnector(BaseConnector):
 
     def __init__(self, cfg: OpcUaConfig, bus_settings: MqttSettings) -> None:
         super().__init__(cfg, bus_settings)
-        self.stats.extra.update({"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0})
+        self.stats.extra.update(
+            {"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0, "initial_restamped": 0}
+        )
 
     def _all_nodes(self) -> list[OpcUaNode]:
         return [n for g in self.cfg.groups() for n in g.nodes]
@@ -217,6 +239,7 @@ class OpcUaConnector(BaseConnector):
         except BaseException:
             await self._close(client)
             raise
+        handler.connected_at = time.time()
         try:
             await self._subscribe_all(client, handler)
             on_up()
