@@ -1,0 +1,406 @@
+"""The andon board at /board: served from the package, rendered in headless Chromium against the real API
+and a real PostgreSQL, and live: a state change stored in the database shows on the page within 2 s.
+
+Chromium is driven over the Chrome DevTools Protocol (websockets). Without a Chromium binary the browser
+test is skipped, except under CI (env CI set), where it fails: install Debian's `chromium` package.
+`OEE_BOARD_SCREENSHOT=1` saves the rendered board to docs/board.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from oee_stream.api import ApiSettings, create_app
+from oee_stream.board import DEFAULT_TARGET_OEE, STATIC_FILES, board_router
+from oee_stream.config import Plant, load_plant
+from oee_stream.embedded import free_port
+from oee_stream.engine.result import TIME_CLASSES, KpiResult
+from oee_stream.storage.migrations import migrate
+from oee_stream.storage.writer import StateInterval, StorageWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "deploy" / "demo" / "plant.yaml"
+SCREENSHOT = ROOT / "docs" / "board.png"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_HINT = (
+    "headless Chromium is needed for the andon board test: `apt-get install -y --no-install-recommends "
+    "chromium` (Debian 12), or set OEE_CHROMIUM to a Chrome/Chromium binary"
+)
+LIVE_LIMIT_S = 2.0
+
+
+def find_chromium() -> str | None:
+    explicit = os.environ.get("OEE_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(CHROMIUM_HINT, pytrace=False)
+        pytest.skip(CHROMIUM_HINT)
+    return binary
+
+
+@pytest.fixture
+def plant() -> Plant:
+    return load_plant(DEMO)
+
+
+def _settings_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(ApiSettings)}
+
+
+def has_stream(app: FastAPI) -> bool:
+    return any(getattr(r, "path", None) == "/api/v1/stream" for r in app.routes)
+
+
+def board_app(db_url: str, plant: Plant) -> FastAPI:
+    """The API app with the board, whether or not create_app includes the board router already."""
+    # Reading without credentials, as a TV on the shop floor does (when the API has that switch).
+    extra: dict[str, Any] = {"anonymous_read": True} if "anonymous_read" in _settings_fields() else {}
+    app = create_app(ApiSettings(database_url=db_url, plant=plant, **extra))
+    if not any(getattr(r, "path", None) == "/board" for r in app.routes):
+        app.include_router(board_router(plant))
+    return app
+
+
+# ------------------------------------------------------------------------------------- no browser
+
+
+async def test_board_served_from_package_without_external_urls(plant: Plant) -> None:
+    app = FastAPI()
+    app.include_router(board_router(plant))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        page = await http.get("/board")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/board/static/board.js" in page.text and "/board/static/board.css" in page.text
+        assert {"board.js", "board.css", "index.html"} <= set(STATIC_FILES)
+        for name in STATIC_FILES:
+            resp = await http.get(f"/board/static/{name}")
+            assert resp.status_code == 200, name
+            # Everything is served by us: no CDN, no web fonts, no absolute URLs.
+            for needle in ("http://", "https://", "//cdn", "@import", "fonts.googleapis"):
+                assert needle not in resp.text, (name, needle)
+        assert (await http.get("/board/static/board.js")).headers["content-type"].startswith("text/javascript")
+        for bad in ("../__init__.py", "..%2F__init__.py", "nope.js", "%2e%2e/%2e%2e/config.py"):
+            assert (await http.get(f"/board/static/{bad}")).status_code == 404, bad
+        cfg = (await http.get("/board/config.json")).json()
+    assert cfg["site"] == "Demo aluminium works"
+    assert set(cfg["machines"]) == {"press-1", "furnace-1", "caster-1"}
+    assert cfg["machines"]["press-1"]["target_oee"] == DEFAULT_TARGET_OEE
+    assert cfg["machines"]["press-1"]["ideal_per_h"] == pytest.approx(1800.0)  # 2.0 s per billet
+    assert cfg["machines"]["furnace-1"]["ideal_per_h"] == pytest.approx(36.0)
+
+
+def test_board_without_plant_uses_world_class_target() -> None:
+    from oee_stream.board import board_config
+
+    cfg = board_config(None)
+    assert cfg["default_target_oee"] == 0.85 and cfg["machines"] == {}
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def kpi(machine: str, window: str, start: float, end: float, *, unit: str, ideal_s: float,
+        running: float, planned: float = 0.0, unplanned: float = 0.0, total: float, good: float,
+        state: str, reason: str | None, since: float) -> KpiResult:
+    """A machine result consistent with OEE-SEMANTICS section 2, as the engine would store it."""
+    sec = dict.fromkeys(TIME_CLASSES, 0.0)
+    sec.update(running=running, planned_stop=planned, unplanned_stop=unplanned)
+    ppt = running + planned + unplanned
+    net = ideal_s * total
+    return KpiResult(
+        entity=machine, entity_kind="machine", window=window, start=start, end=end, seconds=sec,
+        total=total, good=good, reject=total - good, unit=unit,
+        availability=running / ppt, performance=net / running, quality=good / total, oee=net / ppt * good / total,
+        teep=None, utilization=1.0, coverage=1.0, ppt_s=ppt, run_time_s=running, net_run_time_s=net,
+        fully_productive_s=ideal_s * good, stops=1 if unplanned else 0, mtbf_s=None, mttr_s=None,
+        six_big_losses_s={}, downtime_by_reason_s={}, state=state, reason=reason, state_since=since,
+        ideal_speed_per_h=3600.0 / ideal_s,
+    )
+
+
+async def seed(db: str, now: float) -> dict[str, Any]:
+    """Shift and 15m results plus open state intervals for the three demo machines."""
+    shift_start = now - 3 * 3600.0
+    since = {"press-1": now - 754.0, "furnace-1": now - 3 * 60.0, "caster-1": now - 95.0}
+    rows = [
+        # machine, unit, ideal s/unit, running, planned, unplanned, total, good, state, reason
+        ("press-1", "billets", 2.0, 9000.0, 1200.0, 600.0, 4000.0, 3900.0, "running", None),
+        ("furnace-1", "t", 100.0, 10000.0, 800.0, 0.0, 90.0, 88.0, "running", "melting"),
+        ("caster-1", "logs", 1.5, 7000.0, 2500.0, 1300.0, 3800.0, 3700.0, "planned_stop", "mould change"),
+    ]
+    results: list[KpiResult] = []
+    intervals: list[StateInterval] = []
+    for m, unit, ideal, run, pl, un, total, good, state, reason in rows:
+        for window, start in (("shift", shift_start), ("15m", now - 900.0)):
+            f = (now - start) / (now - shift_start)
+            results.append(kpi(m, window, start, now, unit=unit, ideal_s=ideal, running=run * f, planned=pl * f,
+                               unplanned=un * f, total=round(total * f, 1), good=round(good * f, 1),
+                               state=state, reason=reason, since=since[m]))
+        intervals.append(StateInterval(m, since[m], None, state, reason, "plc"))
+    async with StorageWriter(db) as writer:
+        await writer.write_results(results)
+        await writer.write_state_intervals(intervals)
+        await writer.flush(10)
+    return {"since": since, "shift_start": shift_start}
+
+
+@pytest.fixture
+def db(fresh_db_url: str) -> str:
+    migrate(fresh_db_url)
+    return fresh_db_url
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[tuple[str, uvicorn.Server, asyncio.Task[None]]]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", access_log=False, timeout_graceful_shutdown=1))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # uvicorn < 0.29
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # >= 0.29
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", server, task
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+# ----------------------------------------------------------------------------------------- Chrome
+
+
+class Cdp:
+    """A minimal Chrome DevTools Protocol client for one page target."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 15.0) -> Any:
+        msg_id = next(self.ids)
+        await self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params or {}}))
+        async with asyncio.timeout(timeout):
+            while True:
+                reply = json.loads(await self.ws.recv())
+                if reply.get("id") == msg_id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply.get("result", {})
+
+    async def eval(self, expression: str) -> Any:
+        res = await self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                   "awaitPromise": True})
+        if "exceptionDetails" in res:
+            raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
+        return res["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float, poll: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = await self.eval(expression)
+            if last:
+                return last
+            await asyncio.sleep(poll)
+        raise AssertionError(f"not true within {timeout}s: {expression} (last: {last!r})")
+
+
+@contextlib.asynccontextmanager
+async def browser(binary: str, url: str, tmp: Path) -> AsyncIterator[Cdp]:
+    import websockets
+
+    profile = tmp / "chromium-profile"
+    profile.mkdir()
+    log_path = tmp / "chromium.log"
+    args = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-extensions", "--disable-default-apps", "--no-first-run", "--no-default-browser-check",
+        "--mute-audio", "--hide-scrollbars", "--window-size=1920,1080", "--force-device-scale-factor=1",
+        "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}", url,
+    ]
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Chromium did not start (exit {proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            page: dict[str, Any] | None = None
+            while page is None:
+                targets = (await http.get("/json/list")).json()
+                page = next((t for t in targets if t.get("type") == "page"), None)
+                if page is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no page target in {targets}")
+                    await asyncio.sleep(0.1)
+        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20) as ws:
+            cdp = Cdp(ws)
+            await cdp.send("Emulation.setDeviceMetricsOverride",
+                           {"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": False})
+            yield cdp
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 5)
+
+
+TILES_JS = """JSON.stringify([...document.querySelectorAll('[data-machine]')].map(t => ({
+  id: t.dataset.machine, state: t.dataset.state, cls: t.className,
+  line: t.closest('[data-line]').dataset.line,
+  name: t.querySelector('.name').textContent, label: t.querySelector('.state').textContent,
+  reason: t.querySelector('.reason').textContent, since: t.querySelector('.since').textContent,
+  oee: t.querySelector('.oee .value').textContent, target: t.querySelector('.oee .target').textContent,
+  good: t.querySelector('.count .value').textContent, of: t.querySelector('.count .of').textContent,
+  apq: t.querySelector('.apq').textContent,
+  bg: getComputedStyle(t).backgroundColor, font: parseFloat(getComputedStyle(t.querySelector('.oee .value')).fontSize),
+})))"""
+
+
+def clock_s(text: str) -> int:
+    """'12:34' or '1:02:03' as seconds."""
+    secs = 0
+    for part in text.split(":"):
+        secs = secs * 60 + int(part)
+    return secs
+
+
+async def tiles(cdp: Cdp) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for t in json.loads(await cdp.eval(TILES_JS))}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["stream", "poll"])
+async def test_board_renders_demo_machines_and_follows_a_state_change(
+    chromium: str, db: str, plant: Plant, tmp_path: Path, mode: str
+) -> None:
+    """`stream`: the page follows /api/v1/stream (when the API has it); `poll`: GET /api/v1/machines."""
+    t_start = time.monotonic()
+    now = time.time()
+    seeded = await seed(db, now)
+    app = board_app(db, plant)
+    if mode == "stream" and not has_stream(app):
+        pytest.skip("the API has no /api/v1/stream yet; the board polls")
+    query = "" if mode == "stream" else "?stream=0"
+    async with serve(app) as (base, _, _), browser(chromium, f"{base}/board{query}", tmp_path) as cdp:
+        await cdp.wait_for(f"!!document.body && document.body.dataset.mode === {mode!r}", timeout=10)
+        await cdp.wait_for("document.querySelectorAll('[data-machine]').length === 3 && "
+                           "document.querySelector('[data-machine] .oee .value').textContent !== ''", timeout=20)
+        got = await tiles(cdp)
+        assert set(got) == {"press-1", "furnace-1", "caster-1"}
+        # Grouped by line, in plant order, with the display names of the plant model.
+        order = json.loads(await cdp.eval(
+            "JSON.stringify([...document.querySelectorAll('[data-line]')].map(s => s.dataset.line))"))
+        assert order == ["extrusion", "casthouse"]
+        assert got["press-1"]["line"] == "extrusion" and got["caster-1"]["line"] == "casthouse"
+        assert got["press-1"]["name"] == "Extrusion press 1 (2500 t)"
+        assert await cdp.eval("document.querySelector('#site').textContent") == "Demo aluminium works"
+
+        press = got["press-1"]
+        assert press["state"] == "running" and "st-running" in press["cls"] and press["label"] == "Running"
+        assert press["bg"] == "rgb(19, 138, 54)"  # running green
+        # Shift: PPT 10800 s, net 2.0 × 4000 = 8000 s, Q 3900/4000: OEE 8000/10800 × 0.975 = 72 %.
+        assert press["oee"] == "72%" and press["target"] == "target 85%"
+        assert "A 83%" in press["apq"] and "P 89%" in press["apq"] and "Q 98%" in press["apq"]
+        # Good 3900 against the ideal count for the shift's PPT so far: 10800 s / 2.0 s = 5400.
+        assert press["good"].replace(",", "") == "3900" and press["of"].replace(",", "") == "/ 5400 billets"
+        in_state = time.time() - seeded["since"]["press-1"]  # 754 s when seeded, plus the start-up
+        assert abs(clock_s(press["since"]) - in_state) <= 2.0, (press["since"], in_state)
+        assert press["font"] >= 60, "the OEE figure must be readable from across a hall"
+        caster = got["caster-1"]
+        assert caster["state"] == "planned_stop" and caster["reason"] == "mould change"
+        assert caster["bg"] == "rgb(31, 95, 209)"  # planned stop blue
+        assert got["furnace-1"]["reason"] == "melting" and got["furnace-1"]["of"].endswith(" t")
+
+        # Time in state ticks in the browser, between polls too.
+        before = (await tiles(cdp))["caster-1"]["since"]
+        await cdp.wait_for(f"document.querySelector('[data-machine=\"caster-1\"] .since').textContent !== {before!r}",
+                           timeout=3)
+
+        # A state change stored by the engine: press-1 stops with a die failure.
+        changed = time.time()
+        with psycopg.connect(db, autocommit=True) as conn, conn.transaction():
+            conn.execute("UPDATE state_intervals SET end_time = to_timestamp(%s) "
+                         "WHERE machine_id = 'press-1' AND end_time IS NULL", (changed,))
+            conn.execute("INSERT INTO state_intervals (machine_id, start_time, time_class, reason, reason_source) "
+                         "VALUES ('press-1', to_timestamp(%s), 'unplanned_stop', 'die failure', 'plc')", (changed,))
+        t0 = time.monotonic()
+        await cdp.wait_for("(() => { const t = document.querySelector('[data-machine=\"press-1\"]');"
+                           " return t.dataset.state === 'unplanned_stop' &&"
+                           " t.querySelector('.reason').textContent === 'die failure'; })()", timeout=LIVE_LIMIT_S)
+        latency = time.monotonic() - t0
+        press = (await tiles(cdp))["press-1"]
+        assert press["label"] == "Unplanned stop" and press["bg"] == "rgb(211, 47, 47)"
+        assert clock_s(press["since"]) <= 3
+        print(f"board ({mode}): state change visible after {latency:.2f} s; test {time.monotonic() - t_start:.1f} s")
+
+        if mode == "stream" and os.environ.get("OEE_BOARD_SCREENSHOT") == "1":
+            await asyncio.sleep(1.5)  # past the red border pulse's first beat; the clock moves on
+            shot = await cdp.send("Page.captureScreenshot", {"format": "png"})
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    assert seeded["since"]["press-1"] < changed
+
+
+@pytest.mark.e2e
+async def test_board_says_so_when_the_api_is_down(chromium: str, db: str, plant: Plant, tmp_path: Path) -> None:
+    await seed(db, time.time())
+    async with serve(board_app(db, plant)) as (base, server, task):
+        async with browser(chromium, f"{base}/board?poll=0.2", tmp_path) as cdp:
+            await cdp.wait_for("document.querySelectorAll('[data-machine]').length === 3", timeout=20)
+            assert await cdp.eval("document.querySelector('#banner').hidden") is True
+            server.should_exit = True  # the API goes away; the board must not keep showing old news as live
+            await asyncio.wait_for(task, 10)
+            await cdp.wait_for("!document.querySelector('#banner').hidden", timeout=15)
+            assert "NO CONNECTION" in await cdp.eval("document.querySelector('#banner').textContent")
+            assert await cdp.eval("document.body.classList.contains('stale')") is True
+            # The tiles stay (greyed out): the last known picture is better than a blank TV.
+            assert await cdp.eval("document.querySelectorAll('[data-machine]').length") == 3
