@@ -5,7 +5,8 @@ Public API:
     check_connectors(plant, configs)  -> raises ConfigError if a machine or site is not in the plant
     build_connector(cfg, bus_settings) -> Connector (the plugin registry dispatches on cfg.kind)
     Connector                         -> Protocol: id, site, machines, stats, async run()
-    ConnectorStats                    -> counters per connector (for Prometheus)
+    ConnectorStats                    -> counters per connector (for Prometheus, see connectors.metrics)
+    MemoryBuffer, DiskSpool           -> the publisher's store-and-forward buffers (`publish.buffer`)
 """
 
 from oee_stream.connectors.base import (
@@ -29,6 +30,7 @@ from oee_stream.connectors.config import (
 )
 from oee_stream.connectors.envsubst import expand as expand_env
 from oee_stream.connectors.publisher import ConnectorStats, MemoryBuffer, Publisher, SampleBuffer
+from oee_stream.connectors.spool import DiskSpool, SpoolError
 
 __all__ = [
     "Backoff",
@@ -36,6 +38,7 @@ __all__ = [
     "Connector",
     "ConnectorConfig",
     "ConnectorStats",
+    "DiskSpool",
     "MemoryBuffer",
     "ModbusConfig",
     "ModbusRegister",
@@ -43,6 +46,7 @@ __all__ = [
     "OpcUaNode",
     "Publisher",
     "SampleBuffer",
+    "SpoolError",
     "build_connector",
     "check_connectors",
     "connector_kinds",

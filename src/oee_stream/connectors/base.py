@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from oee_stream.bus import MqttSettings, Sample
-from oee_stream.connectors.publisher import ConnectorStats, Publisher
+from oee_stream.connectors.publisher import ConnectorStats, MemoryBuffer, Publisher, SampleBuffer
+
+DEFAULT_STATE_DIR = Path("var")  # the service's data_dir default; spools go to <state dir>/spool/<connector id>
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +67,47 @@ class BaseConnector(abc.ABC):
         self.stats = ConnectorStats(cfg.id)
         self.publisher: Publisher | None = None
 
-    def _make_publisher(self) -> Publisher:
+    def spool_dir(self) -> Path:
+        """Where this connector's disk buffer lives (`publish.spool_dir`, else var/spool/<id>)."""
+        p = self.cfg.publish
+        return Path(p.spool_dir) if p.spool_dir else DEFAULT_STATE_DIR / "spool" / self.id
+
+    def _make_buffer(self) -> SampleBuffer:
+        p = self.cfg.publish
+        if p.buffer == "disk":
+            from oee_stream.connectors.spool import DiskSpool
+
+            spool = DiskSpool(self.spool_dir(), p.max_samples, p.when_full, synchronous=p.spool_synchronous)
+            if len(spool):
+                log.info("connector %s: %d samples in the spool %s from before; sending them first",
+                         self.id, len(spool), spool.directory)
+            return spool
+        return MemoryBuffer(p.max_samples, p.when_full)
+
+    def _make_publisher(self, buffer: SampleBuffer | None = None) -> Publisher:
         p = self.cfg.publish
         return Publisher(
             self.id, self.site, self.machines, self.bus_settings, self.stats,
-            buffer_size=p.buffer_size, max_batch_samples=p.max_batch_samples,
+            buffer=buffer if buffer is not None else self._make_buffer(), max_batch_samples=p.max_batch_samples,
             linger_s=p.linger_ms / 1000.0, ack_timeout_s=p.ack_timeout_s,
         )
 
     async def run(self) -> None:
-        async with self._make_publisher() as pub:
-            self.publisher = pub
-            try:
-                await self.run_source(pub.submit)
-            finally:
-                self.publisher = None
-                self.stats.source_connected = False
+        buffer = self._make_buffer()
+        self.stats.buffered = len(buffer)
+        try:
+            async with self._make_publisher(buffer) as pub:
+                self.publisher = pub
+                try:
+                    await self.run_source(pub.submit)
+                finally:
+                    self.publisher = None
+                    self.stats.source_connected = False
+        finally:
+            close = getattr(buffer, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
 
     @abc.abstractmethod
     async def run_source(self, emit: Callable[[list[Sample]], None]) -> None:
@@ -112,14 +141,41 @@ def _load_builtin() -> None:
     from oee_stream.connectors import modbus, opcua  # noqa: F401
 
 
-def build_connector(cfg: Any, bus_settings: MqttSettings) -> Connector:
-    """Instantiate the connector for a validated config (dispatch on `cfg.kind`)."""
+def build_connector(
+    cfg: Any,
+    bus_settings: MqttSettings,
+    *,
+    default_buffer: Literal["memory", "disk"] = "memory",
+    state_dir: Path | str | None = None,
+) -> Connector:
+    """Instantiate the connector for a validated config (dispatch on `cfg.kind`).
+
+    `default_buffer` is used when the file does not set `publish.buffer` (`oee-stream run` passes "disk");
+    a disk buffer without `publish.spool_dir` goes to `<state_dir>/spool/<connector id>` (default var/).
+    """
     _load_builtin()
     kind = getattr(cfg, "kind", None)
     factory = _FACTORIES.get(kind) if isinstance(kind, str) else None
     if factory is None:
         raise ValueError(f"no connector registered for kind {kind!r}; known: {sorted(_FACTORIES)}")
-    return factory(cfg, bus_settings)
+    return factory(resolve_publish(cfg, default_buffer, state_dir), bus_settings)
+
+
+def resolve_publish(cfg: Any, default_buffer: Literal["memory", "disk"] = "memory",
+                    state_dir: Path | str | None = None) -> Any:
+    """The config with `publish.buffer` and (for disk) `publish.spool_dir` filled in."""
+    pub = getattr(cfg, "publish", None)
+    if pub is None or not hasattr(pub, "buffer"):
+        return cfg
+    update: dict[str, Any] = {}
+    buffer = pub.buffer or default_buffer
+    if pub.buffer is None:
+        update["buffer"] = buffer
+    if buffer == "disk" and not pub.spool_dir:
+        update["spool_dir"] = str(Path(state_dir if state_dir is not None else DEFAULT_STATE_DIR) / "spool" / cfg.id)
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"publish": pub.model_copy(update=update)})
 
 
 async def sleep_or_cancel(delay: float) -> None:

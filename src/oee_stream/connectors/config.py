@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -36,12 +37,26 @@ class _Strict(BaseModel):
 
 
 class PublishSettings(_Strict):
-    """How samples leave the connector: a bounded buffer, batched per (machine, signal), QoS 1."""
+    """How samples leave the connector: a bounded buffer (store-and-forward), batched per (machine, signal),
+    QoS 1, deleted from the buffer only after the broker's PUBACK."""
 
-    buffer_size: Annotated[int, Field(ge=1)] = 100_000
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # memory: lost when the process stops; disk: a SQLite spool that survives restarts (see connectors/spool.py).
+    # None = the runner decides: `oee-stream run` uses disk, the demo and tests memory.
+    buffer: Literal["memory", "disk"] | None = None
+    # the bound of either buffer; `buffer_size` is the old name
+    max_samples: Annotated[int, Field(ge=1, validation_alias=AliasChoices("max_samples", "buffer_size"))] = 100_000
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    spool_dir: str | None = None  # disk buffer directory; default <data dir>/spool/<connector id> (var/spool/<id>)
+    spool_synchronous: Literal["normal", "full"] = "normal"  # full: fsync every commit (power-loss safe)
     max_batch_samples: Annotated[int, Field(ge=1)] = 1000
     linger_ms: Annotated[float, Field(ge=0)] = 50.0
     ack_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+    @property
+    def buffer_size(self) -> int:  # the old name, kept for callers
+        return self.max_samples
 
 
 class _ConnectorBase(_Strict):

@@ -3,8 +3,9 @@
 Samples go into a bounded buffer (`SampleBuffer`); one task takes batches from it, groups them per
 (machine, signal) into bus messages, publishes them with QoS 1 and removes a sample from the buffer only
 after the broker acknowledged its message. While the broker is down the buffer fills; when it is full the
-oldest samples are dropped and counted. A disk spool can replace `MemoryBuffer` by implementing
-`SampleBuffer`.
+oldest (or, with `when_full: drop_newest`, the incoming) samples are dropped and counted.
+`MemoryBuffer` lives in the process; `spool.DiskSpool` (SQLite) implements the same `SampleBuffer` protocol
+and survives a restart.
 """
 
 from __future__ import annotations
@@ -81,12 +82,16 @@ class SampleBuffer(Protocol):
 
 
 class MemoryBuffer:
-    """Bounded in-memory buffer keyed by sequence number; when full, the oldest sample is dropped."""
+    """Bounded in-memory buffer keyed by sequence number; when full, the oldest sample is dropped
+    (`when_full="drop_newest"`: the incoming one)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, when_full: str = "drop_oldest") -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if when_full not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"when_full must be drop_oldest or drop_newest, not {when_full!r}")
         self.capacity = capacity
+        self.when_full = when_full
         self._items: dict[int, Sample] = {}
         self._seq = itertools.count()
 
@@ -94,8 +99,10 @@ class MemoryBuffer:
         dropped = 0
         for s in samples:
             if len(self._items) >= self.capacity:
-                del self._items[next(iter(self._items))]
                 dropped += 1
+                if self.when_full == "drop_newest":
+                    continue
+                del self._items[next(iter(self._items))]
             self._items[next(self._seq)] = s
         return dropped
 
@@ -166,7 +173,8 @@ class Publisher:
         dropped = self.buffer.put(samples)
         if dropped:
             self.stats.dropped += dropped
-            log.warning("connector %s: buffer full, dropped %d oldest samples", self.connector_id, dropped)
+            log.warning("connector %s: buffer full (%s), dropped %d samples", self.connector_id,
+                        getattr(self.buffer, "when_full", "drop_oldest"), dropped)
         self.stats.buffered = len(self.buffer)
         self._wakeup.set()
 
