@@ -29,6 +29,8 @@ import paho.mqtt.client as mqtt
 import psutil
 import psycopg
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 from psycopg import sql
 
 from oee_stream.embedded import EmbeddedPostgres, free_port, process_alive, with_database
@@ -206,7 +208,7 @@ class PgServer:
         reap_stale_test_servers()
         base = data_dir or Path(tempfile.mkdtemp(prefix=f"{PG_DIR_PREFIX}{os.getpid()}-"))
         self.base = base
-        self.server = EmbeddedPostgres(base / "data", keep_data=True)
+        self.server = EmbeddedPostgres(base / "data", keep_data=True, durable=False)
         atexit.register(self.close)
 
     @property
@@ -346,7 +348,7 @@ class MqttProbe:
         u = urlsplit(url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"probe-{uuid.uuid4().hex[:8]}",
             clean_session=clean_session,
             protocol=mqtt.MQTTv311,
@@ -356,12 +358,13 @@ class MqttProbe:
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
         self._subscriptions: list[tuple[str, int]] = []
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
 
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
         if rc.is_failure:
             return
         for topic, qos in self._subscriptions:  # clean session: re-subscribe after a reconnect
@@ -370,6 +373,7 @@ class MqttProbe:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, _rc: object, _p: object) -> None:
         self._connected.clear()
+        self._disconnected.set()
 
     @property
     def connected(self) -> bool:
@@ -420,14 +424,20 @@ class MqttProbe:
         """Close the TCP connection without DISCONNECT (a crash, as far as the broker knows: the will fires)."""
         self.client.loop_stop()
         sock = self.client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        if sock is not None:
             sock.close()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 2.0) -> None:
+        """Clean DISCONNECT (the will does not fire), waiting until paho has actually sent it."""
+        was_connected = self.connected
+        self._disconnected.clear()
         with contextlib.suppress(Exception):
             self.client.disconnect()
+        if was_connected:
+            self._disconnected.wait(timeout)
         self.client.loop_stop()
 
     def __enter__(self) -> MqttProbe:

