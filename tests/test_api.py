@@ -42,7 +42,7 @@ async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def client(db: str, plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
     from oee_stream.api import ApiSettings, create_app
 
-    async for c in _client(create_app(ApiSettings(database_url=db, plant=plant))):
+    async for c in _client(create_app(ApiSettings(database_url=db, plant=plant, anonymous_read=True))):
         yield c
 
 
@@ -52,7 +52,8 @@ async def down_client(plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
     from oee_stream.embedded import free_port
 
     closed = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    settings = ApiSettings(database_url=closed, plant=plant, readyz_timeout_s=0.5, request_timeout_s=0.5)
+    settings = ApiSettings(database_url=closed, plant=plant, readyz_timeout_s=0.5, request_timeout_s=0.5,
+                           anonymous_read=True)
     async for c in _client(create_app(settings)):
         yield c
 

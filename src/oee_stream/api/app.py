@@ -9,7 +9,7 @@ database is still down, and /readyz reports that until it comes back.
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -22,7 +22,8 @@ from prometheus_client import make_asgi_app
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from oee_stream import metrics as _metrics  # noqa: F401  (registers the service's metrics for /metrics)
-from oee_stream.api import reads
+from oee_stream.api import admin, operator, reads
+from oee_stream.api.auth import AccessMiddleware, KeyVerifier
 from oee_stream.api.deps import Ctx
 from oee_stream.api.models import (
     DependencyStatus,
@@ -66,7 +67,10 @@ class ApiSettings:
     readyz_timeout_s: float = 2.0
     request_timeout_s: float = 5.0  # waiting for a pooled connection, and statement_timeout
     max_range_days: int = 400
-    anonymous_read: bool = False  # GET routes without credentials (the demo); never write routes
+    anonymous_read: bool = False  # GET routes without credentials (the demo); never write or admin routes
+    max_body_bytes: int = 64 * 1024  # request bodies above this get 413
+    reason_tree: Mapping[str, Sequence[str]] | None = None  # category -> reasons; else from state tables
+    key_cache_ttl_s: float = 30.0  # a revoked key stops working within this time
     stream_interval_s: float = 1.0  # how often /api/v1/stream polls the database
     stream_heartbeat_s: float = 15.0  # comment line sent when nothing changed for this long
 
@@ -246,8 +250,32 @@ def create_app(settings: ApiSettings) -> FastAPI:
         )
 
     reads.register(app, ctx)
+    operator.register(app, ctx)
+    admin.register(app, ctx)
 
     # Prometheus text format of the process-wide registry (engine, writer and API metrics).
     app.mount("/metrics", make_asgi_app())
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api key>"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            spec["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(
+        AccessMiddleware,
+        pool=lambda: app.state.pool,
+        anonymous_read=settings.anonymous_read,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+        verifier=KeyVerifier(settings.key_cache_ttl_s),
+    )
     return app

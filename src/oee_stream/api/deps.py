@@ -10,6 +10,7 @@ from fastapi import HTTPException, Request
 from psycopg_pool import AsyncConnectionPool
 
 from oee_stream.config import Machine, Plant
+from oee_stream.storage import edits
 
 ENTITY_KINDS: tuple[str, ...] = ("machine", "line", "area", "site")
 
@@ -67,7 +68,32 @@ class Ctx:
 
     async def targets(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
         """Configured production targets, units per hour by machine id (empty when none are configured)."""
-        return {}
+        cfg = await edits.latest_config(conn, "targets")
+        if cfg is None:
+            return {}
+        return {m: float(v["units_per_hour"]) for m, v in cfg[1].items() if v.get("units_per_hour")}
+
+    def default_reason_tree(self) -> dict[str, list[str]]:
+        """`ApiSettings.reason_tree`, else derived from the plant's state tables: category = the time class
+        of the stop (planned_stop / unplanned_stop), reasons = the reasons mapped to it."""
+        if self.settings.reason_tree:
+            return {k: list(v) for k, v in self.settings.reason_tree.items()}
+        tree: dict[str, list[str]] = {}
+        for table in self.plant.state_tables.values():
+            for code in table.values():
+                if code.reason and code.time_class in ("planned_stop", "unplanned_stop"):
+                    bucket = tree.setdefault(code.time_class, [])
+                    if code.reason not in bucket:
+                        bucket.append(code.reason)
+        return tree
+
+    async def reason_tree(self, conn: psycopg.AsyncConnection[Any]) -> tuple[dict[str, list[str]], str]:
+        """(category -> reasons, where it came from): the API configuration's `reason_tree` when set,
+        else `ApiSettings.reason_tree`, else the plant's state tables."""
+        cfg = await edits.latest_config(conn, "reason_tree")
+        if cfg is not None:
+            return {k: list(v) for k, v in cfg[1].items()}, f"api_config v{cfg[0]}"
+        return self.default_reason_tree(), "settings" if self.settings.reason_tree else "plant state tables"
 
     def tz_name(self, kind: str, entity_id: str) -> str:
         """The zone of the entity's calendar windows (the engine buckets hours and days in it)."""

@@ -278,10 +278,51 @@ CREATE INDEX IF NOT EXISTS oee_results_latest_idx
     ON oee_results (entity, entity_kind, window_kind, window_end DESC);
 """
 
+_V4_COMMON = """
+ALTER TABLE state_intervals ADD COLUMN IF NOT EXISTS reason_category text;
+ALTER TABLE state_intervals ADD COLUMN IF NOT EXISTS end_locked boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN state_intervals.end_locked IS 'Set when an operator split the event: the engine re-emitting the interval must not move its end.';
+
+CREATE TABLE IF NOT EXISTS audit_log (
+    id          bigserial   PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    actor       text        NOT NULL,
+    action      text        NOT NULL,
+    target      jsonb       NOT NULL,
+    old         jsonb,
+    new         jsonb
+);
+COMMENT ON TABLE audit_log IS 'Every change made through the API: who (API key name), when, what it was, what it became.';
+CREATE INDEX IF NOT EXISTS audit_log_at_idx ON audit_log (at DESC);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          text        PRIMARY KEY,
+    name        text        NOT NULL,
+    role        text        NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    salt        bytea       NOT NULL,
+    hash        bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+COMMENT ON TABLE api_keys IS 'API keys: sha256(salt || secret) only; the plaintext is shown once at creation.';
+
+CREATE TABLE IF NOT EXISTS api_config (
+    version     bigserial   PRIMARY KEY,
+    section     text        NOT NULL,
+    body        jsonb       NOT NULL,
+    config_hash text        NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  text        NOT NULL
+);
+COMMENT ON TABLE api_config IS 'Configuration set through the API (reason_tree, targets, products), one row per version; the newest row of a section is in force.';
+CREATE INDEX IF NOT EXISTS api_config_section_idx ON api_config (section, version DESC);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _V1_COMMON, _V1_TIMESCALEDB, _V1_POSTGRESQL),
     Migration(2, "roll-ups", "", _V2_TIMESCALEDB, _V2_POSTGRESQL),
     Migration(3, "entity kind in the result key", _V3_COMMON),
+    Migration(4, "operator reasons, audit log, API keys, API config", _V4_COMMON),
 )
 
 

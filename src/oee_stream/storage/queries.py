@@ -332,7 +332,7 @@ class Interval:
     reason_category: str | None = None
 
 
-_INTERVAL_COLS = "machine_id, start_time, end_time, time_class, reason, reason_source, comment"
+_INTERVAL_COLS = "machine_id, start_time, end_time, time_class, reason, reason_source, comment, reason_category"
 
 
 async def intervals_in_range(

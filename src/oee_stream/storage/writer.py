@@ -168,12 +168,13 @@ _RESULTS_UPSERT = (
     + " WHERE oee_results.computed_at <= EXCLUDED.computed_at"
 )
 
-# An operator's reason/comment survives the engine closing or re-emitting the interval.
+# An operator's reason/comment survives the engine closing or re-emitting the interval, and so does the
+# end of an event an operator split in two (end_locked).
 _INTERVALS_UPSERT = """
 INSERT INTO state_intervals (machine_id, start_time, end_time, time_class, reason, reason_source, comment)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (machine_id, start_time) DO UPDATE SET
-    end_time = EXCLUDED.end_time,
+    end_time = CASE WHEN state_intervals.end_locked THEN state_intervals.end_time ELSE EXCLUDED.end_time END,
     time_class = EXCLUDED.time_class,
     reason = CASE WHEN state_intervals.reason_source = 'operator'
                        AND EXCLUDED.reason_source IS DISTINCT FROM 'operator'
