@@ -92,10 +92,11 @@ def compile_plant(plant: Plant) -> CompiledPlant:
     cal_names = tuple(plant.calendars)
     line_of = np.zeros(m_count, dtype=np.int64)
     line_index = {line.id: i for i, line in enumerate(plant.lines)}
+    line_of_machine = {m.id: line_index[line.id] for line in plant.lines for m in line.machines}
     product_names: list[tuple[str, ...]] = []
     product_lookup: list[dict[str, int]] = []
     for i, m in enumerate(machines):
-        line_of[i] = line_index[plant.line_of(m.id).id]
+        line_of[i] = line_of_machine[m.id]
         if m.state_table is not None:
             for code, sc in plant.state_tables[m.state_table].items():
                 if code < 0:
