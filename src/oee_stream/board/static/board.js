@@ -4,7 +4,23 @@
 (function () {
   const params = new URLSearchParams(location.search);
   const WINDOW = params.get("window") || "shift"; // which window's KPIs the tiles show
-  const STALE_AFTER_MS = 10000; // no successful refresh for this long: grey the board out, say so
+  const STALE_AFTER_MS = 10000;
+  // An API key for plants without anonymous read: `/board?key=oee_…` once; it is kept in this browser's
+  // localStorage and removed from the address bar. EventSource cannot send headers, so with a key the board
+  // polls.
+  let apiKey = params.get("key") || "";
+  try {
+    if (apiKey) {
+      localStorage.setItem("oee-board-key", apiKey);
+      params.delete("key");
+      history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
+    } else {
+      apiKey = localStorage.getItem("oee-board-key") || "";
+    }
+  } catch (e) {
+    /* storage disabled: use the key for this page view only */
+  }
+  const authHeaders = apiKey ? { "X-API-Key": apiKey } : {}; // no successful refresh for this long: grey the board out, say so
 
   const STATE_LABELS = {
     running: "Running",
@@ -203,7 +219,10 @@
 
   async function refresh() {
     try {
-      const r = await fetch("/api/v1/machines", { cache: "no-store", headers: { Accept: "application/json" } });
+      const r = await fetch("/api/v1/machines", {
+        cache: "no-store",
+        headers: Object.assign({ Accept: "application/json" }, authHeaders),
+      });
       if (!r.ok) throw new Error("API answered " + r.status);
       const date = r.headers.get("Date");
       if (date) {
@@ -247,9 +266,9 @@
   }
 
   async function maybeStream() {
-    if (!window.EventSource || params.get("stream") === "0") return;
+    if (!window.EventSource || params.get("stream") === "0" || apiKey) return;
     try {
-      const r = await fetch("/openapi.json", { cache: "no-store" });
+      const r = await fetch("/openapi.json", { cache: "no-store", headers: authHeaders });
       if (!r.ok) return;
       const spec = await r.json();
       if (!spec.paths || !spec.paths["/api/v1/stream"]) return;
@@ -299,7 +318,7 @@
 
   async function start() {
     try {
-      const r = await fetch("/board/config.json", { cache: "no-store" });
+      const r = await fetch("/board/config.json", { cache: "no-store", headers: authHeaders });
       if (r.ok) cfg = Object.assign(cfg, await r.json());
     } catch (e) {
       /* the defaults do */
