@@ -48,7 +48,7 @@ async def test_pipeline_matches_ledger_and_replay(fresh_db_url: str, mqtt_url: s
     record = tmp_path / "bus.jsonl"
     settings = Settings(
         plant=plant_path, connectors=conn_dir, scenario=scen_path, database_url=fresh_db_url, mqtt_url=mqtt_url,
-        api_port=free_port(), tick_s=0.5, data_dir=tmp_path / "var", record_path=record,
+        api_port=free_port(), tick_s=0.5, data_dir=tmp_path / "var", record_path=record, anonymous_read=True,
     )
     plant = load_plant(plant_path)
     async with running_service(settings, embedded=False, simulate=True, seed=7) as run:

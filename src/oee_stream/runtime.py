@@ -20,6 +20,7 @@ import uvicorn
 
 from oee_stream import bus
 from oee_stream.api.app import ApiSettings, create_app
+from oee_stream.board import board_router
 from oee_stream.config import ConfigError, Plant, load_plant
 from oee_stream.connectors import build_connector, check_connectors, load_connectors
 from oee_stream.embedded import embedded_mqtt_broker, embedded_postgres, free_port
@@ -118,7 +119,11 @@ async def running_service(
         service = EngineService(plant, ms, writer, tick_s=settings.tick_s,
                                 write_every_ticks=settings.write_every_ticks, record_to=settings.record_path)
         connectors = [build_connector(c, ms) for c in configs]
-        app = create_app(ApiSettings(database_url=db_url, plant=plant))
+        # The demo is read-only to anyone on the machine; `oee-stream run` needs API keys unless the
+        # operator of the service enables anonymous read (OEE_ANONYMOUS_READ=true).
+        app = create_app(ApiSettings(database_url=db_url, plant=plant,
+                                     anonymous_read=settings.anonymous_read or (embedded and simulate)))
+        app.include_router(board_router(plant))
         server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
                                         lifespan="on", access_log=False))
         api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -163,10 +168,14 @@ async def serve_until_stopped(settings: Settings, *, embedded: bool, simulate: b
     try:
         async with running_service(settings, embedded=embedded, simulate=simulate) as run:
             if banner:
+                if os.environ.get("DISPLAY") and embedded and simulate:
+                    import webbrowser
+
+                    webbrowser.open(f"{run.api_url}/board")
                 names = ", ".join(m.id for m in run.plant.machines)
                 print(f"\noee-stream is running: {names}\n"
+                      f"  board    : {run.api_url}/board   (the andon board for a floor TV)\n"
                       f"  machines : {run.api_url}/api/v1/machines\n"
-                      f"  board    : {run.api_url}/board\n"
                       f"  API docs : {run.api_url}/docs\n"
                       f"  metrics  : {run.api_url}/metrics\n"
                       f"Press Ctrl-C to stop.\n", flush=True)

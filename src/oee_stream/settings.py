@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     mqtt_ca_file: str | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    anonymous_read: bool = Field(False, description="allow GET routes without an API key (the demo turns it on)")
     tick_s: float = Field(1.0, gt=0, description="how often the engine advances windows and publishes")
     write_every_ticks: int = Field(1, ge=1, description="write results to the database every N ticks")
     data_dir: Path = Field(Path("var"), description="embedded PostgreSQL data, spools, recordings")
