@@ -80,6 +80,12 @@ async def test_pipeline_matches_ledger_and_replay(fresh_db_url: str, mqtt_url: s
                         assert abs(got[k] - truth[k]) <= TOL, (machine, window, k, got[k], truth[k])
                     checked += 1
             assert checked == 6
+            # Downtime events come from the engine's state intervals, with the PLC's reasons.
+            resp = await http.get("/api/v1/machines/press-1/downtime",
+                                  params={"start": got["start"].replace("Z", "+00:00"),
+                                          "end": got["end"].replace("Z", "+00:00")})
+            assert resp.status_code == 200, resp.text
+            assert any(e["reason"] for e in resp.json()["items"]), resp.text
             # The window covered stops and rejects, so the comparison exercised every factor.
             press = sim.ledger.summary("press-1", start - 10 * 60, end, plant)
             assert press["reject"] > 0 and press["seconds"]["unplanned_stop"] > 0

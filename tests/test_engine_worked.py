@@ -264,3 +264,12 @@ def test_impossible_telemetry_is_rejected_with_its_reason() -> None:
     assert reasons[3].startswith("unknown product 'zz'") and "['a']" in reasons[3]
     assert reasons[4] == "unknown signal" and reasons[5] == "value is not a finite number"
     assert reasons[6] == "unknown machine" and rep.accepted == 0
+
+
+def test_state_intervals_merge_rows_and_leave_the_last_open() -> None:
+    eng = Engine(plant())
+    eng.ingest([S("state", T0, 1), S("state", T0 + 10, 1), S("state", T0 + 20, 0), S("state", T0 + 500, 1)],
+               now=T0 + 600)
+    iv = [x for x in eng.state_intervals(T0 + 600, since=T0) if x[3] != "unknown"]
+    assert iv == [("m1", T0, T0 + 20, "running", None), ("m1", T0 + 20, T0 + 500, "unplanned_stop", "fault"),
+                  ("m1", T0 + 500, None, "running", None)]

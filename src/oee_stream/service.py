@@ -20,7 +20,7 @@ import structlog
 from oee_stream import bus, metrics
 from oee_stream.config import Plant
 from oee_stream.engine import Engine, KpiResult
-from oee_stream.storage.writer import StorageWriter
+from oee_stream.storage.writer import StateInterval, StorageWriter
 
 log = structlog.get_logger("oee.engine")
 
@@ -213,6 +213,12 @@ class EngineService:
                     metrics.RESULTS_PUBLISHED.inc()
         if self.writer is not None and self.stats.ticks % self.write_every_ticks == 0:
             await self.writer.write_results(results)
+            since = now - self.plant.policies.allowed_lateness_s - 10 * self.tick_s
+            await self.writer.write_state_intervals([
+                StateInterval(m, a, b, cls, reason, "plc" if reason else None)
+                for m, a, b, cls, reason in self.engine.state_intervals(now, since)
+                if cls != "unscheduled"
+            ])
             metrics.DB_WRITE_RETRIES.set(self.writer.retries)
             metrics.DB_DROPPED_ROWS.set(self.writer.dropped_rows)
             metrics.DB_BUFFERED_ROWS.set(self.writer.buffered_rows)

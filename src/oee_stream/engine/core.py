@@ -660,6 +660,30 @@ class Engine:
         self.stats.counter_rollovers = {self.cp.machine_ids[i]: int(c) for i, c in enumerate(tl.rollovers) if c}
         return out
 
+    def state_intervals(self, now: float, since: float) -> list[tuple[str, float, float | None, str, str | None]]:
+        """(machine, start, end or None while open, time class, reason) of every state interval that ends
+        after `since`: consecutive timeline rows with the same class and reason form one interval."""
+        tl = self.timeline(now)
+        n = len(tl.st)
+        if n == 0:
+            return []
+        last = np.ones(n, np.bool_)
+        last[:-1] = tl.sm[1:] != tl.sm[:-1]
+        changed = np.ones(n, np.bool_)
+        changed[1:] = (tl.sm[1:] != tl.sm[:-1]) | (tl.scls[1:] != tl.scls[:-1]) | (tl.sreason[1:] != tl.sreason[:-1])
+        bounds = np.flatnonzero(changed | last)
+        starts = bounds[:-1][~last[bounds[:-1]]]
+        nxt = bounds[np.searchsorted(bounds, starts, side="right")]
+        open_ = last[nxt]
+        ends = tl.st[nxt]
+        keep = (ends > since) & (ends > tl.st[starts])
+        cp = self.cp
+        out: list[tuple[str, float, float | None, str, str | None]] = []
+        for i, e, o in zip(starts[keep].tolist(), ends[keep].tolist(), open_[keep].tolist(), strict=True):
+            out.append((cp.machine_ids[int(tl.sm[i])], float(tl.st[i]), None if o else e,
+                        TIME_CLASSES[int(tl.scls[i])], cp.reasons[int(tl.sreason[i])] or None))
+        return out
+
     def range_results(self, now: float, machines: Sequence[str], starts: Sequence[float],
                       ends: Sequence[float], kind: str = "range") -> list[KpiResult]:
         """KPIs of explicit windows [start, end) (end <= now) of the given machines."""
