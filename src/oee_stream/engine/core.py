@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +137,12 @@ class Timeline:
     cur_product: I64
     resets: I64
     rollovers: I64
+
+
+def _sorted_search(table: F64, keys: F64, order: I64, side: Literal["left", "right"]) -> I64:
+    out = np.empty(len(keys), np.int64)
+    out[order] = np.searchsorted(table, keys[order], side=side)
+    return out
 
 
 def _key(m: I64, t: F64 | float, origin: float, span: float) -> F64:
@@ -595,26 +602,26 @@ class Engine:
         """Additive features (formulas.N_FEATURES) of every window row, two look-ups per table."""
         a = np.maximum(w.start, tl.origin)
         b = np.minimum(w.end, tl.now)
-        x = np.zeros((len(a), fx.N_FEATURES))
-        x[:, :N_CLASSES] = self._class_seconds(tl, w.machine, b) - self._class_seconds(tl, w.machine, a)
-        # Time before the engine's origin is outside its memory: it counts as unknown.
-        x[:, UNKNOWN] += a - w.start
         ka = _key(w.machine, a, tl.origin, tl.span)
         kb = _key(w.machine, b, tl.origin, tl.span)
-        ia = np.searchsorted(tl.ckey, ka, side="left")
-        ib = np.searchsorted(tl.ckey, kb, side="left")
+        # Binary searches with sorted needles walk the table in order: about 3x faster than random ones.
+        oa, ob = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
+        x = np.zeros((len(a), fx.N_FEATURES))
+        x[:, :N_CLASSES] = self._class_seconds(tl, b, kb, ob) - self._class_seconds(tl, a, ka, oa)
+        # Time before the engine's origin is outside its memory: it counts as unknown.
+        x[:, UNKNOWN] += a - w.start
+        ia = _sorted_search(tl.ckey, ka, oa, "left")
+        ib = _sorted_search(tl.ckey, kb, ob, "left")
         c = tl.ccum[:, ib] - tl.ccum[:, ia]
         x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = c[0], c[1], c[2]
         x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = c[3], c[4]
-        x[:, fx.STOPS] = (np.searchsorted(tl.stop_key, kb, side="left")
-                          - np.searchsorted(tl.stop_key, ka, side="left"))
+        x[:, fx.STOPS] = (_sorted_search(tl.stop_key, kb, ob, "left") - _sorted_search(tl.stop_key, ka, oa, "left"))
         x[:, fx.WINDOW] = w.end - w.start
         return x
 
     @staticmethod
-    def _class_seconds(tl: Timeline, m: I64, t: F64) -> F64:
-        k = _key(m, t, tl.origin, tl.span)
-        i = np.searchsorted(tl.skey, k, side="right") - 1
+    def _class_seconds(tl: Timeline, t: F64, k: F64, order: I64) -> F64:
+        i = _sorted_search(tl.skey, k, order, "right") - 1
         out = tl.scum[:, i].T.copy()
         out[np.arange(len(i)), tl.scls[i]] += t - tl.st[i]
         return out
