@@ -20,6 +20,7 @@ import structlog
 from oee_stream import bus, metrics
 from oee_stream.config import Plant
 from oee_stream.engine import Engine, KpiResult
+from oee_stream.engine.plant import BUILTIN_REASONS
 from oee_stream.storage.writer import StateInterval, StorageWriter
 
 log = structlog.get_logger("oee.engine")
@@ -215,7 +216,8 @@ class EngineService:
             await self.writer.write_results(results)
             since = now - self.plant.policies.allowed_lateness_s - 10 * self.tick_s
             await self.writer.write_state_intervals([
-                StateInterval(m, a, b, cls, reason, "plc" if reason else None)
+                StateInterval(m, a, b, cls, reason,
+                              None if not reason else ("rule" if reason in BUILTIN_REASONS else "plc"))
                 for m, a, b, cls, reason in self.engine.state_intervals(now, since)
                 if cls != "unscheduled"
             ])
