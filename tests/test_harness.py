@@ -79,8 +79,17 @@ def test_mqtt_broker_restart(mqtt_broker: MosquittoBroker) -> None:
         # paho reconnects by itself; the probe re-subscribes (clean session)
         sub.wait_connected(10)
         pub.wait_connected(10)
-        pub.publish(topic, b"after restart", qos=1)
-        assert sub.get().payload == b"after restart"
+        # CONNACK can precede the re-subscription's SUBACK (and a probe may not yet have noticed the
+        # outage), so keep publishing until the subscriber sees a message; each try is bounded.
+        received = None
+        for _ in range(15):
+            try:
+                pub.publish(topic, b"after restart", qos=1)
+                received = sub.get(timeout=1.0)
+                break
+            except (TimeoutError, OSError, RuntimeError, ValueError):
+                continue
+        assert received is not None and received.payload == b"after restart"
     mqtt_broker.restart()
     assert port_open("127.0.0.1", mqtt_broker.port)
 
