@@ -15,18 +15,9 @@ from typing import Any
 import orjson
 
 from oee_stream.config import Plant
+from oee_stream.engine.result import TIME_CLASSES
 from oee_stream.simulators.scenario import Scenario
 from oee_stream.simulators.simulate import SimEvent, Simulation
-
-TIME_CLASSES: tuple[str, ...] = (
-    "unscheduled",
-    "planned_excluded",
-    "running",
-    "planned_stop",
-    "unplanned_stop",
-    "micro_stop",
-    "unknown",
-)
 
 
 @dataclass(slots=True)
