@@ -671,3 +671,37 @@ async def test_opcua_basic256sha256_sign_and_encrypt(mqtt_url: str, tmp_path: An
     finally:
         col.close()
         await server.stop()
+
+
+# ============================================================================================ Prometheus
+
+
+def test_connector_metrics_collector() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from oee_stream.connectors.metrics import connector_collector, register_connector_metrics
+
+    reg = CollectorRegistry()
+    ua_conn = build_connector(ua_config("site", "opc.tcp://127.0.0.1:4840/"), MqttSettings())
+    mb_conn = build_connector(mb_config("site", 502), MqttSettings())
+    ua_conn.stats.samples_received, ua_conn.stats.dropped = 42, 3
+    ua_conn.stats.source_connected, ua_conn.stats.buffered = True, 7
+    ua_conn.stats.extra["initial_restamped"] = 8
+    mb_conn.stats.extra["polls"] = 5
+    col = register_connector_metrics([ua_conn, mb_conn], registry=reg)
+    text = generate_latest(reg).decode()
+    assert 'oee_connector_samples_received_total{connector="ua-test",kind="opcua"} 42.0' in text
+    assert 'oee_connector_dropped_total{connector="ua-test",kind="opcua"} 3.0' in text
+    assert 'oee_connector_source_connected{connector="ua-test",kind="opcua"} 1.0' in text
+    assert 'oee_connector_buffered_samples{connector="ua-test",kind="opcua"} 7.0' in text
+    assert 'oee_connector_initial_restamped_total{connector="ua-test",kind="opcua"} 8.0' in text
+    assert 'oee_connector_polls_total{connector="mb-test",kind="modbus"} 5.0' in text
+    assert 'oee_connector_monitored_items{connector="ua-test",kind="opcua"} 0.0' in text  # a gauge extra
+    assert 'last_sample_timestamp_seconds{connector="ua-test"' not in text  # no sample yet: no value
+    # read at scrape time, no update call needed
+    ua_conn.stats.samples_received = 43
+    assert 'samples_received_total{connector="ua-test",kind="opcua"} 43.0' in generate_latest(reg).decode()
+    # registering again (a second service in the process) replaces the set and does not re-register
+    assert register_connector_metrics([mb_conn], registry=reg) is col is connector_collector(reg)
+    text = generate_latest(reg).decode()
+    assert 'connector="ua-test"' not in text and 'connector="mb-test"' in text
