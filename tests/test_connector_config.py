@@ -288,3 +288,28 @@ def test_check_connectors_names_file_field_and_allowed_machines(tmp_path: Path) 
     assert "'caster-1'" in msg and "'furnace-1'" in msg
     assert f"{q}: site: 'other-site'" in msg and "'alu-works'" in msg
     assert f"{q}: registers.0: machine 'press-1' signal 'state' is already produced by {p} nodes.0" in msg
+
+
+def test_every_connector_key_is_documented() -> None:
+    """docs/connectors.md has a table row for every key of every connector model (with its YAML name)."""
+    from pathlib import Path
+
+    from oee_stream.connectors.config import (
+        ModbusConfig,
+        ModbusGroup,
+        ModbusRegister,
+        OpcUaConfig,
+        OpcUaNode,
+        OpcUaNodeGroup,
+        PublishSettings,
+    )
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/connectors.md").read_text()
+    missing = []
+    for model in (OpcUaConfig, OpcUaNode, OpcUaNodeGroup, ModbusConfig, ModbusRegister, ModbusGroup,
+                  PublishSettings):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if f"`{key}`" not in doc:
+                missing.append(f"{model.__name__}.{key}")
+    assert not missing, f"undocumented connector keys: {missing}"
