@@ -224,9 +224,14 @@ def test_connector_offline_makes_time_unknown_and_restart_keeps_the_gap() -> Non
     [r] = eng.range_results(T0 + 200, ["m1"], [T0], [T0 + 200])
     assert r.seconds["unknown"] == pytest.approx(100)
     eng.connector_status(["m1"], "online", T0 + 200, session="b")  # restarted: the gap is lost
-    eng.ingest([S("state", T0 + 200, 1)], now=T0 + 300)
+    # The new session reports the PLC's value with its original source time (older than the gap).
+    eng.ingest([S("state", T0, 1)], now=T0 + 300)
     [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
     assert r.seconds["unknown"] == pytest.approx(100) and r.seconds["running"] == pytest.approx(200)
+    # A change reported by the new session takes effect at its own time.
+    eng.ingest([S("state", T0 + 250, 0)], now=T0 + 300)
+    [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
+    assert r.seconds["running"] == pytest.approx(150) and r.seconds["micro_stop"] == pytest.approx(50)
 
 
 def test_unmapped_state_code_is_unknown() -> None:

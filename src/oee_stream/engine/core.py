@@ -74,6 +74,7 @@ I8 = npt.NDArray[np.int8]
 B = npt.NDArray[np.bool_]
 
 DAY = 86400.0
+RESUME = -1.0  # value of a GAP row that ends a gap (see Engine.connector_status)
 SPEED_WINDOW_S = 300.0
 
 # Reasons a sample is refused; index 0 means accepted.
@@ -272,8 +273,13 @@ class Engine:
         lost = idx[np.isfinite(gap_from)] if restarted else idx[:0]
         if lost.size:
             k = lost.size
-            self._pending.append((lost, np.full(k, GAP, np.int8), gap_from[np.isfinite(gap_from)],
-                                  np.full(k, float(R_OFFLINE)), np.full(k, GOOD, np.int8)))
+            # The gap is unknown from the moment the old session died until the new one came online;
+            # from then on the machine is in the state its PLC reports, even when that value (with its
+            # original source time) is older than the gap: a RESUME row re-applies the latest state.
+            self._pending.append((np.concatenate([lost, lost]), np.full(2 * k, GAP, np.int8),
+                                  np.concatenate([gap_from[np.isfinite(gap_from)], np.full(k, ts)]),
+                                  np.concatenate([np.full(k, float(R_OFFLINE)), np.full(k, RESUME)]),
+                                  np.full(2 * k, GOOD, np.int8)))
             self._timeline = None
 
     def _merge(self, now: float) -> None:
@@ -379,7 +385,9 @@ class Engine:
         reason[bad] = R_BAD
         gap = ss == GAP
         cls[gap] = UNKNOWN
-        reason[gap] = sv[gap].astype(np.int64)
+        reason[gap] = np.where(sv[gap] == RESUME, R_OFFLINE, sv[gap]).astype(np.int64)
+        # 1: a real state sample, 2: a RESUME row (takes the class of the latest real sample before it)
+        srcflag = np.where(is_state | is_run, 1, np.where(gap & (sv == RESUME), 2, 0)).astype(np.int8)
 
         # --- synthetic rows: origin (no data yet), offline/stale tails, terminal row at now
         machines = np.arange(n_m, dtype=np.int64)
@@ -435,8 +443,17 @@ class Engine:
         rc = np.concatenate([extra_c[0], cls, *extra_c[1:]])
         rr = np.concatenate([extra_r[0], reason, *extra_r[1:]])
         rp = np.concatenate([extra_p[0], np.ones(len(st), np.int8), *extra_p[1:]])
+        rf = np.concatenate([np.zeros(len(extra_t[0]), np.int8), srcflag,
+                             np.zeros(sum(len(x) for x in extra_t[1:]), np.int8)])
         order = np.argsort(_key(rm, rt, origin, span), kind="stable")
-        rm, rt, rc, rr, rp = rm[order], rt[order], rc[order], rr[order], rp[order]
+        rm, rt, rc, rr, rp, rf = rm[order], rt[order], rc[order], rr[order], rp[order], rf[order]
+        resume = rf == 2
+        if resume.any():
+            rpos = np.arange(len(rt))
+            last_real = np.maximum.accumulate(np.where(rf == 1, rpos, -1))
+            ok = resume & (last_real >= 0) & (rm[np.maximum(last_real, 0)] == rm)
+            rc = np.where(ok, rc[np.maximum(last_real, 0)], rc).astype(np.int8)
+            rr = np.where(ok, rr[np.maximum(last_real, 0)], rr)
         terminal = rp == 3
 
         # --- micro stops: a run of consecutive unplanned rows shorter than the threshold
