@@ -17,8 +17,8 @@ the node has *now*, stamped with the SourceTimestamp of its last change, which m
 engine orders samples by source time, so that value would sort before the ``bad`` sample and the time
 would stay ``unknown`` until the next change. So the first notification of each item in a session is
 stamped ``max(source timestamp, time the connection was established)``; every later change keeps its
-true source timestamp. The same holds for the first session of a process (the engine may have a gap for
-a restarted connector, see `Engine.connector_status`).
+true source timestamp. The first session of a process keeps true source times: after a process restart
+the engine resumes the latest state at the new session's start itself (see `Engine.connector_status`).
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class OpcUaConnector(BaseConnector):
         self.stats.extra.update(
             {"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0, "initial_restamped": 0}
         )
+        self._sessions_started = 0
 
     def _all_nodes(self) -> list[OpcUaNode]:
         return [n for g in self.cfg.groups() for n in g.nodes]
@@ -239,7 +240,11 @@ class OpcUaConnector(BaseConnector):
         except BaseException:
             await self._close(client)
             raise
-        handler.connected_at = time.time()
+        # Only a reconnection needs the floor: its bad samples precede the notifications. The first
+        # session of a process keeps the PLC's true source times (after a process restart the engine
+        # itself resumes the latest state at the new session's start, see Engine.connector_status).
+        handler.connected_at = time.time() if self._sessions_started else None
+        self._sessions_started += 1
         try:
             await self._subscribe_all(client, handler)
             on_up()
