@@ -427,7 +427,7 @@ async def test_opcua_reconnect_stamps_unchanged_values_after_the_outage(mqtt_url
     conn = build_connector(ua_config(site, sim.endpoint), MqttSettings(mqtt_url))
     try:
         async with running(conn):
-            await col.wait(lambda c: have_all_since(c, t_old), what="initial values")
+            await col.wait(lambda c: have_all_since(c, t_old - 1), what="initial values")  # µs rounding
             await sim.stop()
             await col.wait(lambda c: have_all_since(c, t_old, "bad"), what="bad samples after server stop")
             t_bad = max(col.latest(m, s).ts for m in ("press-1", "caster-1")  # type: ignore[union-attr]
@@ -457,6 +457,27 @@ async def test_opcua_reconnect_stamps_unchanged_values_after_the_outage(mqtt_url
         assert [s.quality for s in states] == ["good", "bad", "good"]
         eng.ingest(states, now=time.time())
         assert int(eng.timeline(states[-1].ts + 1.0).cur_cls[0]) == RUNNING
+    finally:
+        col.close()
+        await sim.stop()
+
+
+async def test_opcua_server_down_at_start_then_up_with_old_values(mqtt_url: str) -> None:
+    """The connector starts while the server is unreachable: it publishes every node as bad. When the server
+    comes up its values (unchanged, old source times) must land after those bad samples."""
+    sim = UaSim(free_port())
+    site = new_site()
+    col = Collector(mqtt_url, site)
+    conn = build_connector(ua_config(site, sim.endpoint), MqttSettings(mqtt_url))
+    t_old = time.time() - 3600
+    try:
+        async with running(conn):
+            await col.wait(lambda c: have_all_since(c, t_old, "bad"), what="bad samples, server unreachable")
+            t_bad = max(col.latest(m, s).ts for m in ("press-1", "caster-1")  # type: ignore[union-attr]
+                        for s in SIGNALS.values())
+            await sim.start(ts=_ts(t_old))
+            await col.wait(lambda c: have_all_since(c, t_bad), timeout_s=15, what="values after the server came up")
+            assert conn.stats.extra["initial_restamped"] == 8 and conn.stats.reconnects == 0
     finally:
         col.close()
         await sim.stop()

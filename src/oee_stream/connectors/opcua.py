@@ -17,8 +17,10 @@ the node has *now*, stamped with the SourceTimestamp of its last change, which m
 engine orders samples by source time, so that value would sort before the ``bad`` sample and the time
 would stay ``unknown`` until the next change. So the first notification of each item in a session is
 stamped ``max(source timestamp, time the connection was established)``; every later change keeps its
-true source timestamp. The first session of a process keeps true source times: after a process restart
-the engine resumes the latest state at the new session's start itself (see `Engine.connector_status`).
+true source timestamp. This applies once the connector has published its nodes as ``bad`` (after a lost
+connection, or when the server was unreachable at start-up); until then a session keeps the true source
+times: after a process restart the engine resumes the latest state at the new session's start itself
+(see `Engine.connector_status`).
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ class OpcUaConnector(BaseConnector):
         self.stats.extra.update(
             {"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0, "initial_restamped": 0}
         )
-        self._sessions_started = 0
+        self._marked_bad = False  # this process published the nodes as bad (a lost or failed connection)
 
     def _all_nodes(self) -> list[OpcUaNode]:
         return [n for g in self.cfg.groups() for n in g.nodes]
@@ -209,6 +211,7 @@ class OpcUaConnector(BaseConnector):
             self.stats.source_connected = False
             if healthy:
                 emit(self._bad_all())
+                self._marked_bad = True
                 healthy = False
             await asyncio.sleep(backoff.next_delay())
 
@@ -240,11 +243,12 @@ class OpcUaConnector(BaseConnector):
         except BaseException:
             await self._close(client)
             raise
-        # Only a reconnection needs the floor: its bad samples precede the notifications. The first
-        # session of a process keeps the PLC's true source times (after a process restart the engine
-        # itself resumes the latest state at the new session's start, see Engine.connector_status).
-        handler.connected_at = time.time() if self._sessions_started else None
-        self._sessions_started += 1
+        # The floor is needed once this process published the nodes as bad (a lost connection, or a
+        # server that was unreachable when the connector started): the initial notifications must land
+        # after those bad samples. Before that, the PLC's true source times are kept (after a process
+        # restart the engine itself resumes the latest state at the new session's start, see
+        # Engine.connector_status).
+        handler.connected_at = time.time() if self._marked_bad else None
         try:
             await self._subscribe_all(client, handler)
             on_up()
