@@ -23,6 +23,7 @@ from oee_stream.api.app import ApiSettings, create_app
 from oee_stream.board import board_router
 from oee_stream.config import ConfigError, Plant, load_plant
 from oee_stream.connectors import build_connector, check_connectors, load_connectors
+from oee_stream.connectors.metrics import register_connector_metrics
 from oee_stream.embedded import embedded_mqtt_broker, embedded_postgres, free_port
 from oee_stream.service import EngineService
 from oee_stream.settings import Settings
@@ -118,7 +119,11 @@ async def running_service(
         await writer.record_config(plant)
         service = EngineService(plant, ms, writer, tick_s=settings.tick_s,
                                 write_every_ticks=settings.write_every_ticks, record_to=settings.record_path)
-        connectors = [build_connector(c, ms) for c in configs]
+        # The demo keeps its spool in memory; a plant installation spools to disk under the data dir, so
+        # samples survive a broker outage and a connector restart.
+        connectors = [build_connector(c, ms, default_buffer="memory" if embedded else "disk",
+                                      state_dir=settings.data_dir) for c in configs]
+        register_connector_metrics(connectors)
         # The demo is read-only to anyone on the machine; `oee-stream run` needs API keys unless the
         # operator of the service enables anonymous read (OEE_ANONYMOUS_READ=true).
         app = create_app(ApiSettings(database_url=db_url, plant=plant,
