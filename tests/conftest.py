@@ -39,6 +39,7 @@ from harness import (
     find_mosquitto,
     temporary_database,
 )
+from oee_stream.config import Plant, load_plant
 from oee_stream.embedded import ensure_database, with_database
 
 DB_ENV = "OEE_TEST_DATABASE_URL"
@@ -105,6 +106,21 @@ def database_url(_pg_session: PgServer | ExternalServer) -> str:
 def fresh_db_url(database_url: str) -> Iterator[str]:
     with temporary_database(database_url) as url:
         yield url
+
+
+@pytest.fixture
+def db(fresh_db_url: str) -> str:
+    """A fresh database with the schema migrated."""
+    from oee_stream.storage.migrations import migrate
+
+    migrate(fresh_db_url)
+    return fresh_db_url
+
+
+@pytest.fixture
+def plant() -> Plant:
+    """The demo plant model (deploy/demo/plant.yaml)."""
+    return load_plant(Path(__file__).resolve().parents[1] / "deploy" / "demo" / "plant.yaml")
 
 
 @pytest.fixture

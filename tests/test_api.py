@@ -10,24 +10,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from oee_stream.config import Plant, load_plant
+from oee_stream.config import Plant
 from oee_stream.engine.result import iso
-from oee_stream.storage.migrations import migrate
 from oee_stream.storage.writer import StateInterval, StorageWriter
 from test_storage import T0, make_result  # tests/ is on sys.path (conftest)
 
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "plant.yaml"
-
-
-@pytest.fixture
-def plant() -> Plant:
-    return load_plant(DEMO)
-
-
-@pytest.fixture
-def db(fresh_db_url: str) -> str:
-    migrate(fresh_db_url)
-    return fresh_db_url
 
 
 async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:

@@ -9,25 +9,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from oee_stream.config import Plant, load_plant
+from oee_stream.config import Plant
 from oee_stream.engine.result import iso
-from oee_stream.storage.migrations import migrate
 from oee_stream.storage.writer import StateInterval, StorageWriter
-from test_api import DEMO, _client
+from test_api import _client
 from test_storage import T0, make_result
 
 SHIFT0 = T0 - 3 * 3600  # 2025-06-15T12:00Z = 14:00 Berlin, start of the late shift
-
-
-@pytest.fixture
-def plant() -> Plant:
-    return load_plant(DEMO)
-
-
-@pytest.fixture
-def db(fresh_db_url: str) -> str:
-    migrate(fresh_db_url)
-    return fresh_db_url
 
 
 @pytest.fixture

@@ -9,21 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 import uvicorn
 
-from oee_stream.config import Plant, load_plant
+from oee_stream.config import Plant
 from oee_stream.embedded import free_port
 from oee_stream.storage.migrations import migrate
 from oee_stream.storage.writer import StateInterval, StorageWriter
 from test_storage import T0, make_result
 
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "plant.yaml"
-
-
-@pytest.fixture
-def plant() -> Plant:
-    return load_plant(DEMO)
 
 
 @contextlib.asynccontextmanager

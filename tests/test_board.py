@@ -31,10 +31,9 @@ from fastapi import FastAPI
 
 from oee_stream.api import ApiSettings, create_app
 from oee_stream.board import DEFAULT_TARGET_OEE, STATIC_FILES, board_router
-from oee_stream.config import Plant, load_plant
+from oee_stream.config import Plant
 from oee_stream.embedded import free_port
 from oee_stream.engine.result import TIME_CLASSES, KpiResult
-from oee_stream.storage.migrations import migrate
 from oee_stream.storage.writer import StateInterval, StorageWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,11 +66,6 @@ def chromium() -> str:
             pytest.fail(CHROMIUM_HINT, pytrace=False)
         pytest.skip(CHROMIUM_HINT)
     return binary
-
-
-@pytest.fixture
-def plant() -> Plant:
-    return load_plant(DEMO)
 
 
 def _settings_fields() -> set[str]:
@@ -174,12 +168,6 @@ async def seed(db: str, now: float) -> dict[str, Any]:
         await writer.write_state_intervals(intervals)
         await writer.flush(10)
     return {"since": since, "shift_start": shift_start}
-
-
-@pytest.fixture
-def db(fresh_db_url: str) -> str:
-    migrate(fresh_db_url)
-    return fresh_db_url
 
 
 @contextlib.asynccontextmanager

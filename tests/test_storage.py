@@ -68,12 +68,6 @@ def make_result(
     )
 
 
-@pytest.fixture
-def db(fresh_db_url: str) -> str:
-    migrate(fresh_db_url)
-    return fresh_db_url
-
-
 def count(url: str, query: str, *params: Any) -> Any:
     with psycopg.connect(url) as conn:
         row = conn.execute(query, params).fetchone()
