@@ -8,6 +8,7 @@ Python developers.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import date, time
 from enum import StrEnum
@@ -261,16 +262,28 @@ class Plant(_Strict):
         return hashlib.sha256(body).hexdigest()[:16]
 
 
+_FIELD_MSG = re.compile(r"^Value error, (?P<field>[A-Za-z_][\w.]*): (?P<msg>.*)$", re.DOTALL)
+
+
 def format_validation_error(path: Path | str, exc: ValidationError) -> str:
+    """One line per problem: `file: field.path: message`.
+
+    A cross-field check in a model validator raises "field: message"; it is reported at that field
+    rather than at the model that ran the check.
+    """
     lines = [f"{path}: invalid configuration ({exc.error_count()} problem(s))"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = [str(p) for p in err["loc"]]
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        m = _FIELD_MSG.match(msg)
+        if m:
+            loc.append(m["field"])
+            msg = m["msg"]
+        elif err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs for allowed keys)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {'.'.join(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

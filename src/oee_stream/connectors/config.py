@@ -6,7 +6,6 @@ container can point a connector at another endpoint without editing the file.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,31 +354,9 @@ def parse_connector(data: Any, source: Path | str = "<connector>",
     try:
         cfg = CONFIG_KINDS[kind].model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_validation_error(source, exc)) from None
     cfg._source = Path(source)
     return cfg
-
-
-_FIELD_MSG = re.compile(r"^Value error, (?P<field>[A-Za-z_][\w.]*): (?P<msg>.*)$", re.DOTALL)
-
-
-def _format_errors(source: Path | str, exc: ValidationError) -> str:
-    """`config.format_validation_error`, but a cross-field error raised as "field: message" by a model
-    validator is reported at that field instead of at the model's location."""
-    lines = format_validation_error(source, exc).splitlines()[:1]
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        msg = err["msg"]
-        m = _FIELD_MSG.match(msg)
-        if m:
-            loc.append(m["field"])
-            msg = m["msg"]
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see docs for allowed keys)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  - {'.'.join(loc) or '(top level)'}: {msg}")
-    return "\n".join(lines)
 
 
 def load_connectors(
