@@ -31,7 +31,7 @@ for p in (ROOT / "src", ROOT):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from benchmarks.connectors import cpu_seconds, free_port, wait_port  # noqa: E402
+from benchmarks.connectors import cpu_seconds, free_port, spawn_child, stop, wait_port  # noqa: E402
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -179,19 +179,7 @@ async def open_loop(port: int, paths: list[str], rate: float, seconds: float, ke
 
 
 def spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    return subprocess.Popen([sys.executable, __file__, "--child", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err.decode(errors="replace")[-600:]
+    return spawn_child(__file__, *args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,10 +197,15 @@ def child_main(argv: list[str]) -> None:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, __file__, "--child", *args], env=env,
+def spawn_child(script: str, *args: str) -> subprocess.Popen[bytes]:
+    """Run `script --child ARGS` (a benchmark's own child role) with the project on the path."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    return subprocess.Popen([sys.executable, script, "--child", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    return spawn_child(__file__, *args)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:
