@@ -123,6 +123,7 @@ class EngineService:
         self._record_to = record_to
         self._record_file: Any = None
         self._bus: bus.BusClient | None = None
+        self._dups_seen = 0  # engine duplicates already counted in the Prometheus counter
 
     async def run(self) -> None:
         subs = [f"{bus.PREFIX}/{self.site}/+/+"]
@@ -193,7 +194,7 @@ class EngineService:
         self.stats.ticks += 1
         self.stats.last_results = results
         st = self.engine.stats
-        metrics.SAMPLES_DUPLICATE.inc(max(0, st.duplicates - getattr(self, "_dups_seen", 0)))
+        metrics.SAMPLES_DUPLICATE.inc(max(0, st.duplicates - self._dups_seen))
         self._dups_seen = st.duplicates
         for m, c in st.counter_resets.items():
             metrics.COUNTER_RESETS.labels(machine=m).set(c)
