@@ -313,3 +313,46 @@ async def test_runner_cleans_up(plant: Plant) -> None:
     for port in (opcua_port, modbus_port):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             pass
+
+
+async def test_force_state_through_both_servers(plant: Plant) -> None:
+    async with run_plant_simulator(DEMO, plant, opcua_port=free_port(), modbus_port=free_port(), seed=3) as sim:
+        assert sim.opcua_endpoint is not None and sim.modbus_address is not None
+        with pytest.raises(ValueError, match="not in state table"):
+            await sim.force_state("press-1", 99)
+        with pytest.raises(KeyError):
+            await sim.force_state("nope", 1)
+        async with Client(sim.opcua_endpoint, timeout=5) as client:
+            state = client.get_node(node_id("press-1", "State"))
+            total = client.get_node(node_id("press-1", "TotalCount"))
+            t_force = await sim.force_state("press-1", 3, reason="andon test")
+            assert await state.read_value() == 3
+            frozen = await total.read_value()
+            await asyncio.sleep(2.6)  # longer than a press cycle: the held counter must not move
+            assert await total.read_value() == frozen
+            await sim.force_state("furnace-1", 4)
+            host, port = sim.modbus_address
+            mb = AsyncModbusTcpClient(host, port=port)
+            try:
+                assert await mb.connect()
+                rr = await mb.read_holding_registers(0, count=1, device_id=1)
+            finally:
+                mb.close()
+            assert not rr.isError() and rr.registers[0] == 4
+            t_release = await sim.release_state("press-1")
+            await sim.release_state("furnace-1")
+            after = await state.read_value()
+            assert after == sim._values["press-1"]["state"]
+            assert await total.read_value() == sim._values["press-1"]["total"]
+        led = sim.ledger.machines["press-1"]
+        forced = [iv for iv in led.intervals if iv.reason == "andon test"]
+        assert len(forced) == 1 and forced[0].code == 3
+        assert forced[0].start == t_force and forced[0].end == t_release
+        # The script keeps press-1 running for its first 7 s, so the forced stop is a run of its own: the
+        # engine calls it a micro stop when shorter than the 5 s threshold, and so must the ledger.
+        i = led.intervals.index(forced[0])
+        assert led.intervals[i - 1].time_class == led.intervals[i + 1].time_class == "running"
+        held = t_release - t_force
+        assert forced[0].time_class == ("micro_stop" if held < 5 else "unplanned_stop"), held
+        assert not any(t_force < c.ts < t_release for c in led.counts)
+        assert any(f.kind == "force_release" for f in led.faults)

@@ -12,12 +12,18 @@ answers reads with exception 4 (device failure), as a PLC with a failed I/O modu
 
 pymodbus 3.16 deprecates ModbusServerContext/ModbusDeviceContext in favour of SimDevice/SimData, so the
 datastore is one SimDevice per unit; the simulator updates it with the server's own `async_setValues`.
+
+The registers (the PLC's memory) and the device-failure flag survive `stop()`/`start()`: `restart(down_s)`
+behaves like a Modbus gateway rebooting while the PLC keeps running, and the restarted server's datastore
+starts with the latest registers, so no client ever reads zeros.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -68,6 +74,7 @@ class ModbusSimServer:
         self.port = port
         self._units = {m: _Unit(u, product_codes.get(m, {})) for m, u in units.items()}
         self._server: ModbusTcpServer | None = None
+        self._started_once = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -93,7 +100,8 @@ class ModbusSimServer:
         devices = [
             SimDevice(
                 id=u.unit_id,
-                simdata=[SimData(address=0, count=N_REGISTERS, values=0, datatype=DataType.REGISTERS)],
+                # Seeded with the PLC's memory: a restarted server never serves zeros in between.
+                simdata=[SimData(address=0, values=list(u.registers), datatype=DataType.REGISTERS)],
                 action=self._action_for(u),
             )
             for u in self._units.values()
@@ -101,9 +109,27 @@ class ModbusSimServer:
         server = ModbusTcpServer(devices, address=(self.host, self.port))
         await server.serve_forever(background=True)
         self._server = server
+        self._started_once = True
         log.info("Modbus simulator listening on %s:%d", self.host, self.port)
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def restart(self, down_s: float) -> float:
+        """Stop, stay down for `down_s` seconds, start again with the registers kept.
+
+        Returns the wall-clock time of the stop. Writes made meanwhile (the PLC keeps working) are served
+        by the restarted server.
+        """
+        t_stop = time.time()
+        await self.stop()
+        await asyncio.sleep(down_s)
+        await self.start()
+        return t_stop
+
     async def stop(self) -> None:
+        """Stop serving; the registers are kept for a later `start()`."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -113,7 +139,7 @@ class ModbusSimServer:
             ModbusBaseServer.active_server = None
 
     async def write(self, ev: SimEvent) -> None:
-        if self._server is None:
+        if not self._started_once:
             raise RuntimeError("Modbus simulator is not started")
         unit = self._units.get(ev.machine)
         if unit is None:
@@ -127,6 +153,8 @@ class ModbusSimServer:
             elif signal in FLOAT_REGISTERS:
                 r = FLOAT_REGISTERS[signal]
                 regs[r], regs[r + 1] = float32_words(float(value))
-        # One multi-register write keeps a float's two words consistent for any reader.
-        await self._server.async_setValues(unit.unit_id, FC_WRITE_MULTIPLE, 0, list(regs))
         unit.bad = not ev.good
+        server = self._server  # None while down for a restart: the memory alone is updated
+        if server is not None:
+            # One multi-register write keeps a float's two words consistent for any reader.
+            await server.async_setValues(unit.unit_id, FC_WRITE_MULTIPLE, 0, list(regs))

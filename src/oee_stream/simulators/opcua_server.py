@@ -9,11 +9,18 @@ Rate machines also get `.ChargedTotal` and `.Temperature` (Double).
 
 Every value is written with SourceTimestamp = ServerTimestamp = the scenario's event time, so a client
 that subscribes receives the true event time, not the moment the server got round to the write.
+
+The server keeps the PLC's memory (the last DataValue of every variable) across `stop()`/`start()`:
+`restart(down_s)` behaves like a PLC's OPC UA server rebooting while the PLC keeps running. Writes while
+it is down update that memory only, and the restarted server shows the latest values with their original
+source timestamps from its first request on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -83,6 +90,9 @@ class OpcUaSimServer:
         self.endpoint = f"opc.tcp://{host}:{port}{ENDPOINT_PATH}"
         self._server: Server | None = None
         self._nodes: dict[tuple[str, str], tuple[Node, ua.VariantType]] = {}
+        # The PLC's memory: what the server shows, kept while it is stopped (see restart).
+        self._memory: dict[tuple[str, str], ua.DataValue] = {}
+        self._started_once = False
 
     async def start(self) -> None:
         server = Server()
@@ -112,24 +122,45 @@ class OpcUaSimServer:
                 var = await obj.add_variable(
                     f"ns={idx};s={machine}.{name}", f"{idx}:{name}", initial, varianttype=vt
                 )
-                # Until the scenario's first event, a reader must not take the placeholder for data.
+                # Until the scenario's first event, a reader must not take the placeholder for data. After a
+                # restart the remembered value is in place before the server accepts its first connection.
+                remembered = self._memory.get((machine, signal))
                 await server.write_attribute_value(
                     var.nodeid,
+                    remembered if remembered is not None else
                     ua.DataValue(ua.Variant(initial, vt), StatusCode=_status(StatusCodes.BadWaitingForInitialData)),
                 )
                 self._nodes[(machine, signal)] = (var, vt)
         await server.start()
         self._server = server
+        self._started_once = True
         log.info("OPC UA simulator listening on %s", self.endpoint)
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     async def stop(self) -> None:
+        """Stop serving; the PLC's memory is kept for a later `start()`."""
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
 
+    async def restart(self, down_s: float) -> float:
+        """Stop, stay down for `down_s` seconds, start again with the PLC's values kept.
+
+        Returns the wall-clock time of the stop. Writes made meanwhile (the PLC keeps working) are shown
+        by the restarted server.
+        """
+        t_stop = time.time()
+        await self.stop()
+        await asyncio.sleep(down_s)
+        await self.start()
+        return t_stop
+
     async def write(self, ev: SimEvent) -> None:
         """Write every value of one event with the event's exact time and quality."""
-        if self._server is None:
+        if not self._started_once:
             raise RuntimeError("OPC UA simulator is not started")
         when = _utc(ev.ts)
         status = _status(StatusCodes.Good if ev.good else BAD_STATUS)
@@ -142,4 +173,7 @@ class OpcUaSimServer:
             if vt is ua.VariantType.Double:
                 v = float(value)
             dv = ua.DataValue(ua.Variant(v, vt), StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
-            await self._server.write_attribute_value(var.nodeid, dv)
+            self._memory[(ev.machine, signal)] = dv
+            server = self._server  # None while down for a restart: the memory alone is updated
+            if server is not None:
+                await server.write_attribute_value(var.nodeid, dv)
