@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from oee_stream.embedded import free_port
 from oee_stream.runtime import running_service
 from oee_stream.settings import Settings
 from oee_stream.simulators.runner import PlantSimulator
-from oee_stream.simulators.simulate import SimEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTAGE_S = 3.0
@@ -40,54 +38,6 @@ def _files(tmp: Path) -> tuple[Path, Path, Path]:
         text += f"publish:\n  buffer: disk\n  spool_dir: {tmp / 'spool' / f.stem}\n  linger_ms: 20\n"
         f.write_text(text)
     return plant_path, conn_dir, scen_path
-
-
-def _last_values(sim: PlantSimulator, machine: str) -> Iterator[tuple[str, Any, float, bool]]:
-    """(signal, value, ts, good) of the last write of every signal of a machine, from the ledger."""
-    last: dict[str, tuple[Any, float, bool]] = {}
-    for ts, values, good in sim.ledger.machines[machine].writes:
-        for signal, value in values.items():
-            last[signal] = (value, ts, good)
-    for signal, (value, ts, good) in last.items():
-        yield signal, value, ts, good
-
-
-class _Down:
-    """While a simulator server is down the PLC keeps working: events still go to the ledger, and the server
-    gets the latest value of every signal when it comes back (a PLC's OPC UA server or Modbus gateway
-    restarting does not reset the PLC's memory)."""
-
-    def __init__(self, sim: PlantSimulator, server: Any, protocol: str) -> None:
-        self.sim, self.server, self.protocol = sim, server, protocol
-        self.machines = [m for m, ms in sim.scenario.machines.items() if ms.protocol == protocol]
-
-    async def restart(self, down_s: float) -> float:
-        """Stop, wait, start and restore; returns the wall-clock time of the stop."""
-        real_write = self.server.write
-
-        async def swallow(ev: SimEvent) -> None:
-            return None
-
-        self.server.write = swallow  # instance attribute shadows the method while the server is down
-        try:
-            t_stop = time.time()
-            await self.server.stop()
-            await asyncio.sleep(down_s)
-            await self.server.start()
-            # No await between start() returning and these writes yields to a client request for long
-            # enough to read the placeholders (OPC UA: a session needs several round trips; Modbus: the
-            # datastore is set before the loop runs the accepted connection).
-            for m in self.machines:
-                if self.protocol == "opcua":
-                    for signal, value, ts, good in _last_values(self.sim, m):
-                        await real_write(SimEvent(ts, m, {signal: value}, good))
-                else:
-                    merged = {s: v for s, v, _, _ in _last_values(self.sim, m)}
-                    last_good = self.sim.ledger.machines[m].writes[-1][2]
-                    await real_write(SimEvent(time.time(), m, merged, last_good))
-        finally:
-            del self.server.write
-        return t_stop
 
 
 def _first_counter_values(record: Path) -> dict[tuple[str, str], float]:
@@ -151,17 +101,17 @@ async def test_counts_survive_broker_and_plc_restarts(fresh_db_url: str, mqtt_br
             ua, mb = by_id["opcua-demo"], by_id["modbus-demo"]
 
             # 2. the OPC UA server restarts (press-1, caster-1)
-            t_down = await _Down(sim, sim.opcua, "opcua").restart(OUTAGE_S)
+            t_down = await sim.restart_server("opcua", OUTAGE_S)
             ua_gap = await _wait_reconnected(ua) - t_down
             await asyncio.sleep(SETTLE_S)
 
             # 3. the Modbus server restarts (furnace-1)
-            t_down = await _Down(sim, sim.modbus, "modbus").restart(OUTAGE_S)
+            t_down = await sim.restart_server("modbus", OUTAGE_S)
             mb_gap = await _wait_reconnected(mb) - t_down
             await asyncio.sleep(SETTLE_S)
 
             # Freeze the plant (the servers keep their last values) and let everything arrive.
-            sim._task.cancel()  # type: ignore[union-attr]
+            await sim.freeze()
             await asyncio.sleep(1.0)
             await _wait_drained(conns, 30)
             await asyncio.sleep(2.0)  # the engine ingests what the broker delivered
