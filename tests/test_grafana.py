@@ -7,6 +7,7 @@ to be sums-then-ratios, not means of hourly ratios."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import re
 import subprocess
@@ -217,6 +218,12 @@ async def seed(db: str, plant: Plant) -> None:
         for m, unit, ideal in (("caster-1", "logs", 1.5), ("furnace-1", "t", 100.0)):
             rows.append(result(m, "shift", a, b, unit=unit, ideal_s=ideal, running=9000, unplanned=1800,
                                total=5400, good=5250, stops=3, shift=name))
+    # Line results as the engine stores them: both demo lines name a constraint machine (press-1, caster-1), so a
+    # line's seconds and counts are its constraint machine's (OEE-SEMANTICS section 4).
+    constraint = {"press-1": "extrusion", "caster-1": "casthouse"}
+    rows += [dataclasses.replace(r, entity=constraint[r.entity], entity_kind="line", downtime_by_reason_s={},
+                                 state=None, reason=None, speed_per_h=None, ideal_speed_per_h=None)
+             for r in rows if r.entity in constraint]
     intervals = [
         StateInterval("press-1", T0, T0 + 3600, "running"),
         StateInterval("press-1", T0 + 3600, T0 + 3600 + 500, "unplanned_stop", "die failure", "plc"),
@@ -328,6 +335,48 @@ async def test_range_oee_is_sums_then_ratio(seeded: str) -> None:
     (row,) = run_panel(seeded, sql)
     assert row["MTBF"] == pytest.approx(exp["run"] / exp["stops"])
     assert row["MTTR"] == pytest.approx(exp["unplanned"] / exp["stops"])
+
+
+def machine_sums(hours: list[tuple[float, ...]], ideal_s: float) -> dict[str, float]:
+    ppt = sum(h[0] + h[1] + h[2] + h[3] + h[4] for h in hours)
+    total, good = sum(h[5] for h in hours), sum(h[6] for h in hours)
+    return {"ppt": ppt, "net": ideal_s * total, "total": total, "good": good,
+            "OEE": ideal_s * total / ppt * good / total}
+
+
+async def test_line_oee_is_the_constraint_machine_summed_over_the_range(seeded: str) -> None:
+    """Line OEE per OEE-SEMANTICS section 4: the line's constraint machine (the demo names one per line), its
+    seconds and counts added over the range; not a mean over the line's machines or hours, not a sum over
+    machines of different units."""
+    exp = press_sums()
+    sql = _panel("plant-overview.json", "Line OEE over the selected range")["targets"][0]["rawSql"]
+    rows = {r["Line"]: r for r in run_panel(seeded, sql)}
+    assert list(rows) == ["Extrusion line 1", "Casthouse"]
+    ext = rows["Extrusion line 1"]
+    assert ext["Line OEE of"] == "Extrusion press 1 (2500 t)"
+    for col, k in (("Availability", "A"), ("Performance", "P"), ("Quality", "Q"), ("OEE", "OEE")):
+        assert ext[col] == pytest.approx(exp[k], rel=1e-9), col
+    # Casthouse = caster-1 (constraint): 3000 s running of 3600 s PPT an hour, 1.5 s × 1800 logs, 1750 good.
+    cast = rows["Casthouse"]
+    assert cast["Line OEE of"] == "DC casting line 1"
+    caster_oee = 1.5 * 1800 / 3600 * 1750 / 1800
+    assert cast["OEE"] == pytest.approx(caster_oee)
+    furnace_oee = 100.0 * 33 / 3600 * 1.0
+    assert abs(cast["OEE"] - (caster_oee + furnace_oee) / 2) > 0.05  # not the mean over the line's machines
+    only_ext = run_panel(seeded, sql, {"line": ["extrusion"]})
+    assert [r["Line"] for r in only_ext] == ["Extrusion line 1"]
+
+    sql = _panel("plant-overview.json", "Lines: current shift")["targets"][0]["rawSql"]
+    rows = {r["Line"]: r for r in run_panel(seeded, sql)}
+    late = machine_sums(PRESS_HOURS[3:], 2.0)
+    assert rows["Extrusion line 1"]["Shift start"].timestamp() == T0 + 3 * 3600  # the newest shift
+    assert rows["Extrusion line 1"]["OEE"] == pytest.approx(late["OEE"])
+
+    sql = _panel("loss-analysis.json", "Losses and OEE by line")["targets"][0]["rawSql"]
+    rows = {r["Line"]: r for r in run_panel(seeded, sql)}
+    assert rows["Extrusion line 1"]["OEE"] == pytest.approx(exp["OEE"])
+    assert rows["Extrusion line 1"]["PPT h"] == pytest.approx(exp["ppt"] / 3600)
+    assert rows["Casthouse"]["Unplanned stops h"] == pytest.approx(HOURS * 600 / 3600)
 
 
 async def test_shift_buckets_and_hourly_targets(seeded: str) -> None:

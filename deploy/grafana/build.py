@@ -10,6 +10,9 @@ Rules every panel follows (OEE-SEMANTICS.md section 4):
   Ratios are never averaged.
 * Counts of different machines are never added across units (billets and tonnes): plant-wide panels show
   one value per machine.
+* Line OEE is the engine's line roll-up (`entity_kind = 'line'`): the line's constraint machine when the plant
+  model names one, else the sum of its machines (OEE-SEMANTICS section 4). Its hourly rows are added over
+  the range like a machine's, so the dashboards never re-implement the constraint rule.
 * Only tables and views the read-only role `oee_grafana` may read; machine and line names come from the
   newest stored plant model (`config_versions`), so the dashboards need no plant-specific edits.
 
@@ -51,6 +54,15 @@ MACHINES_CTE = """ml AS (
   CROSS JOIN LATERAL jsonb_array_elements(li.l->'machines') WITH ORDINALITY AS mi(m, mord)
 )"""
 
+# Lines of the newest plant model, in plant order, with the constraint machine's display name (if any).
+LINES_CTE = """ln AS (
+  SELECT li.l->>'id' AS line, coalesce(li.l->>'name', li.l->>'id') AS line_name, li.lord AS ord,
+         coalesce((SELECT coalesce(m->>'name', m->>'id') FROM jsonb_array_elements(li.l->'machines') AS m
+                   WHERE m->>'id' = li.l->>'constraint'), 'all machines') AS basis
+  FROM (SELECT body FROM config_versions ORDER BY created_at DESC LIMIT 1) c
+  CROSS JOIN LATERAL jsonb_array_elements(c.body->'lines') WITH ORDINALITY AS li(l, lord)
+)"""
+
 PPT_INCL = "running_s + planned_stop_s + unplanned_stop_s + micro_stop_s + unknown_s"
 
 
@@ -69,6 +81,7 @@ def coverage(p: str = "") -> str:
 
 
 HOURS = "window_kind = 'hour' AND entity_kind = 'machine'"
+LINE_HOURS = "h.window_kind = 'hour' AND h.entity_kind = 'line'"
 
 # The ideal count of an hour: at the product mix actually made when something was made, else at the
 # ideal speed of the product on the machine.
@@ -217,6 +230,32 @@ WHERE h.window_kind = 'hour' AND h.entity_kind = 'machine' AND $__timeFilter(h.w
 GROUP BY 1, 2
 ORDER BY 1
 """
+    line_shift_sql = f"""
+-- Each line's current shift: the engine's line result (its constraint machine, or all its machines).
+WITH {LINES_CTE},
+sh AS (
+  SELECT DISTINCT ON (entity) * FROM oee_results
+  WHERE entity_kind = 'line' AND window_kind = 'shift' ORDER BY entity, window_end DESC
+)
+SELECT ln.line_name AS "Line", ln.basis AS "Line OEE of", sh.window_start AS "Shift start",
+  {kpis("sh.")},
+  {coverage("sh.")}
+FROM ln LEFT JOIN sh ON sh.entity = ln.line
+WHERE ln.line IN (${{line:sqlstring}})
+GROUP BY ln.ord, ln.line_name, ln.basis, sh.window_start
+ORDER BY ln.ord
+"""
+    line_range_sql = f"""
+-- Each line over the range: its hourly line results added up, then the formulas (never a mean of ratios).
+WITH {LINES_CTE}
+SELECT ln.line_name AS "Line", ln.basis AS "Line OEE of",
+  {kpis("h.")},
+  {coverage("h.")}
+FROM ln JOIN oee_results h ON h.entity = ln.line
+WHERE {LINE_HOURS} AND $__timeFilter(h.window_start) AND ln.line IN (${{line:sqlstring}})
+GROUP BY ln.ord, ln.line_name, ln.basis
+ORDER BY ln.ord
+"""
     state_tiles = panel(
         1, "State now", "stat", grid(0, 0, 24, 5),
         [target(now_sql)],
@@ -230,7 +269,7 @@ ORDER BY 1
         overrides=[override("State", displayName="${__data.fields.Machine}")],
     )
     table_now = panel(
-        2, "Machines now: current shift", "table", grid(0, 5, 24, 8), [target(now_sql)],
+        2, "Machines now: current shift", "table", grid(0, 11, 24, 8), [target(now_sql)],
         description="State, reason and time in state now; OEE, A, P, Q and coverage of the current shift from "
                     "its time-class seconds and counts; current speed against the ideal of the running product.",
         defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
@@ -246,7 +285,7 @@ ORDER BY 1
         options={"showHeader": True, "cellHeight": "md"},
     )
     oee_range = panel(
-        3, "OEE over the selected range", "stat", grid(0, 13, 12, 7), [target(range_sql)],
+        3, "OEE over the selected range", "stat", grid(0, 19, 12, 7), [target(range_sql)],
         description="Per machine: summed hourly seconds and counts of the range, then OEE = net run time / PPT × "
                     "good / total. Never an average of hourly OEE values.",
         defaults=pct_field(),
@@ -256,21 +295,45 @@ ORDER BY 1
         overrides=[override("OEE", displayName="${__data.fields.Machine}")],
     )
     apq_range = panel(
-        4, "A / P / Q / coverage over the selected range", "bargauge", grid(12, 13, 12, 7), [target(range_sql)],
+        4, "A / P / Q / coverage over the selected range", "bargauge", grid(12, 19, 12, 7), [target(range_sql)],
         defaults=pct_field(max=1.2), options={"reduceOptions": {"values": True, "calcs": [], "fields": ""},
                                               "displayMode": "basic", "orientation": "horizontal",
                                               "showUnfilled": True},
     )
+    line_range = panel(
+        6, "Line OEE over the selected range", "stat", grid(0, 5, 10, 6), [target(line_range_sql)],
+        description="Per line: the engine's line results (the constraint machine when the plant model names one, "
+                    "else the sum of the line's machines), their seconds and counts added over the range, then "
+                    "OEE = net run time / PPT × good / total. Never an average of machine or hourly OEE values.",
+        defaults=pct_field(),
+        options={"reduceOptions": {"values": True, "calcs": [], "fields": "/^OEE$/"}, "colorMode": "background",
+                 "graphMode": "none", "textMode": "value_and_name", "orientation": "auto", "justifyMode": "center",
+                 "wideLayout": True, "showPercentChange": False},
+        overrides=[override("OEE", displayName="${__data.fields.Line}")],
+    )
+    line_shift = panel(
+        7, "Lines: current shift", "table", grid(10, 5, 14, 6), [target(line_shift_sql)],
+        description="OEE, A, P, Q and coverage of each line's current shift, from the line's time-class seconds and "
+                    "counts; \"Line OEE of\" names the constraint machine the line's figures come from.",
+        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+        overrides=[
+            *[override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
+                       thresholds=pct_field()["thresholds"]) for k in ("OEE", "Availability", "Performance", "Quality")],
+            override("Coverage", unit="percentunit", decimals=1),
+        ],
+        options={"showHeader": True, "cellHeight": "md"},
+    )
     trend = panel(
-        5, "OEE per hour", "timeseries", grid(0, 20, 24, 8), [target(trend_sql, "time_series")],
+        5, "OEE per hour", "timeseries", grid(0, 26, 24, 8), [target(trend_sql, "time_series")],
         defaults={"unit": "percentunit", "min": 0, "custom": {"drawStyle": "line", "lineWidth": 2, "fillOpacity": 5,
                                                               "spanNulls": False}},
         options={"legend": {"displayMode": "table", "placement": "right", "calcs": []},
                  "tooltip": {"mode": "multi"}},
     )
     return dashboard("oee-plant-overview", "OEE · Plant overview",
-                     "Every machine's state now, current shift KPIs, speed against ideal, and OEE over the range.",
-                     [state_tiles, table_now, oee_range, apq_range, trend], [LINE_VAR], time_from="now-24h",
+                     "Every machine's state now, line and machine KPIs of the current shift and over the range, "
+                     "speed against ideal.",
+                     [state_tiles, line_range, line_shift, table_now, oee_range, apq_range, trend], [LINE_VAR], time_from="now-24h",
                      refresh="30s")
 
 
@@ -426,6 +489,22 @@ WHERE h.window_kind = 'hour' AND h.entity_kind = 'machine' AND h.{sel} AND $__ti
 GROUP BY ml.ord, ml.machine_name
 ORDER BY ml.ord
 """
+    by_line_sql = f"""
+-- Per line: the engine's line results (constraint machine, or all machines) added over the range.
+WITH {LINES_CTE}
+SELECT ln.line_name AS "Line", ln.basis AS "Line OEE of", sum(h.ppt_s) / 3600 AS "PPT h",
+  sum(h.unplanned_stop_s) / 3600 AS "Unplanned stops h", sum(h.planned_stop_s) / 3600 AS "Planned stops h",
+  sum(h.micro_stop_s) / 3600 AS "Small stops h",
+  sum((h.payload->'six_big_losses_s'->>'slow_cycles')::float8) / 3600 AS "Slow cycles h",
+  sum((h.payload->'six_big_losses_s'->>'production_rejects')::float8
+      + (h.payload->'six_big_losses_s'->>'startup_rejects')::float8) / 3600 AS "Rejects h",
+  sum(h.unknown_s) / 3600 AS "No data h",
+  {kpis("h.")}
+FROM ln JOIN oee_results h ON h.entity = ln.line
+WHERE {LINE_HOURS} AND $__timeFilter(h.window_start) AND ln.line IN (${{line:sqlstring}})
+GROUP BY ln.ord, ln.line_name, ln.basis
+ORDER BY ln.ord
+"""
     losses_day_sql = f"""
 SELECT $__timeGroupAlias(window_start, '1d'),
   sum(unplanned_stop_s) / 3600 AS "Unplanned stops", sum(planned_stop_s) / 3600 AS "Planned stops",
@@ -460,6 +539,11 @@ GROUP BY 1 ORDER BY 1
                                                 "stacking": {"mode": "normal"}}},
               options={"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}),
         panel(4, "Losses by machine", "table", grid(0, 17, 24, 8), [target(by_machine_sql)],
+              defaults={"decimals": 1},
+              overrides=[override(k, unit="percentunit") for k in ("OEE", "Availability", "Performance", "Quality")]),
+        panel(5, "Losses and OEE by line", "table", grid(0, 25, 24, 6), [target(by_line_sql)],
+              description="The selected lines over the range, from the engine's line results: a line with a "
+                          "constraint machine is that machine (\"Line OEE of\"), otherwise the sum of its machines.",
               defaults={"decimals": 1},
               overrides=[override(k, unit="percentunit") for k in ("OEE", "Availability", "Performance", "Quality")]),
     ]
