@@ -21,6 +21,14 @@ import psycopg
 import pytest
 import yaml
 
+from grafana_schema import (
+    DashboardProvider,
+    PostgresJsonData,
+    ProvisionedDashboards,
+    ProvisionedDatasources,
+    expand_env,
+    validate_dashboard,
+)
 from oee_stream.config import Plant, load_plant
 from oee_stream.engine.result import SIX_BIG_LOSSES, TIME_CLASSES, KpiResult
 from oee_stream.storage.migrations import migrate
@@ -73,6 +81,66 @@ def test_dashboard_provisioning() -> None:
     (prov,) = doc["providers"]
     assert prov["type"] == "file" and prov["options"]["path"].startswith("/var/lib/grafana/dashboards")
     assert prov["folderUid"] == "oee-stream"
+
+
+def grafana_env() -> dict[str, str]:
+    """The environment docker-compose.yml gives Grafana, with the defaults of its ${VAR:-default} values."""
+    env = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["grafana"]["environment"]
+    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+
+
+def test_provisioning_files_validate_against_grafanas_provisioning_format() -> None:
+    """Both files, with $VARIABLES expanded as Grafana does from the environment compose gives it: every key
+    is one Grafana's provisioning knows, with the right type; every variable is set."""
+    env = grafana_env()
+    raw, used = expand_env(yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "oee.yaml").read_text()), env)
+    assert used <= set(env), f"variables the Grafana service does not set: {used - set(env)}"
+    assert {"OEE_GRAFANA_DB_HOST", "OEE_GRAFANA_DB_NAME", "OEE_GRAFANA_DB_PASSWORD"} <= used
+    doc = ProvisionedDatasources.model_validate(raw)
+    (ds,) = doc.datasources
+    pg = PostgresJsonData.model_validate(ds.jsonData)
+    assert pg.database == "oee" and pg.sslmode == "disable" and ds.url == "db:5432"
+    raw, used = expand_env(yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "oee.yaml").read_text()), env)
+    assert used <= set(env)
+    (prov,) = ProvisionedDashboards.model_validate(raw).providers
+    # The provider reads the folder compose mounts the generated dashboards at.
+    mounts = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["grafana"]["volumes"]
+    assert f"./grafana/dashboards:{prov.options.path}:ro" in mounts
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{prov.options.path}/plant-overview.json"
+
+
+def test_provisioning_validation_catches_mistakes() -> None:
+    import pydantic
+
+    good = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "oee.yaml").read_text())["providers"][0]
+    DashboardProvider.model_validate(good)
+    for bad in ({"updateIntervalSecs": 60}, {"type": "files"}, {"options": {"paths": "/x"}}):
+        with pytest.raises(pydantic.ValidationError):
+            DashboardProvider.model_validate({**good, **bad})
+    with pytest.raises(pydantic.ValidationError):
+        PostgresJsonData.model_validate({"database": "oee", "sslmode": "verify"})
+
+
+def test_dashboards_validate_against_grafanas_schema() -> None:
+    """Grafana 11.3's dashboard schema (grafana-foundation-sdk): keys, types and enums of the dashboard, its
+    variables, every panel and the options and field config of each panel type."""
+    for name, d in dashboards().items():
+        assert validate_dashboard(d) == [], name
+
+
+def test_dashboard_schema_validation_catches_mistakes() -> None:
+    d = dashboards()["plant-overview.json"]
+    d["graphTooltip"] = 7
+    d["panels"][0]["options"]["colorMode"] = "rainbow"
+    d["panels"][1]["options"]["bogus"] = 1
+    d["panels"][2]["type"] = "tabel"
+    d["templating"]["list"][0]["refresh"] = "sometimes"
+    d["panels"][-1]["fieldConfig"]["defaults"]["custom"]["drawStyle"] = "pies"
+    d["panels"][-1]["gridPos"]["w"] = "wide"
+    errors = "\n".join(validate_dashboard(d))
+    for needle in ("graph_tooltip: 7", "color_mode: 'rainbow'", "options/bogus", "'tabel' is not a core panel",
+                   "refresh: 'sometimes'", "draw_style: 'pies'", "grid_pos.w: expected int"):
+        assert needle in errors, (needle, errors)
 
 
 def test_dashboards_have_stable_uids_and_panels_with_targets() -> None:

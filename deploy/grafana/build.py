@@ -132,8 +132,7 @@ def panel(pid: int, title: str, kind: str, pos: dict[str, int], targets: list[di
 
 def var_query(name: str, label: str, sql: str, *, multi: bool, include_all: bool) -> dict[str, Any]:
     return {
-        "type": "query", "name": name, "label": label, "datasource": DS, "query": sql.strip(),
-        "definition": sql.strip(), "refresh": 1, "multi": multi, "includeAll": include_all,
+        "type": "query", "name": name, "label": label, "datasource": DS, "query": sql.strip(), "refresh": 1, "multi": multi, "includeAll": include_all,
         "sort": 0, "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if include_all else {},
         "options": [],
     }
