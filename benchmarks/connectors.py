@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/connectors.py                      # OPC UA + Modbus, ~40 s
     .venv/bin/python benchmarks/connectors.py --ua-vars 2000 --mb-registers 2000 --seconds 20
+    .venv/bin/python benchmarks/connectors.py --batching per_signal   # one message per machine and signal
 
 Three processes per case, so CPU is attributed correctly:
   source     an asyncua server with N variables rewritten as fast as it can (OPC UA), or a pymodbus
@@ -161,7 +162,8 @@ async def mb_source(port: int, n: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def run_connector(kind: str, mqtt_url: str, site: str, port: int, n: int, interval_ms: float) -> None:
+async def run_connector(kind: str, mqtt_url: str, site: str, port: int, n: int, interval_ms: float,
+                        batching: str) -> None:
     from oee_stream.bus import MqttSettings
     from oee_stream.connectors import build_connector, parse_connector
 
@@ -180,6 +182,7 @@ async def run_connector(kind: str, mqtt_url: str, site: str, port: int, n: int, 
             "registers": [{"machine": f"m{i % machines}", "signal": f"s{i // machines}", "address": i,
                            "type": "uint16"} for i in range(n)],
         }
+    data["publish"] = {"batching": batching}
     conn = build_connector(parse_connector(data), MqttSettings(mqtt_url))
     await conn.run()
 
@@ -191,7 +194,7 @@ def child_main(argv: list[str]) -> None:
     elif role == "mb-source":
         asyncio.run(mb_source(int(argv[1]), int(argv[2])))
     elif role == "connector":
-        asyncio.run(run_connector(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6])))
+        asyncio.run(run_connector(argv[1], argv[2], argv[3], int(argv[4]), int(argv[5]), float(argv[6]), argv[7]))
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -218,7 +221,8 @@ def stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode(errors="replace")[-800:]
 
 
-def measure(kind: str, broker: Mosquitto, n: int, interval_ms: float, warmup: float, seconds: float) -> dict[str, Any]:
+def measure(kind: str, broker: Mosquitto, n: int, interval_ms: float, warmup: float, seconds: float,
+            batching: str = "per_machine") -> dict[str, Any]:
     port = free_port()
     site = f"bench{kind}{os.getpid()}"
     source = spawn("ua-source" if kind == "opcua" else "mb-source", str(port), str(n))
@@ -226,7 +230,7 @@ def measure(kind: str, broker: Mosquitto, n: int, interval_ms: float, warmup: fl
     counter = Counter(broker.port, site)
     try:
         wait_port(port, 60)
-        conn = spawn("connector", kind, broker.url, site, str(port), str(n), str(interval_ms))
+        conn = spawn("connector", kind, broker.url, site, str(port), str(n), str(interval_ms), batching)
         deadline = time.monotonic() + 60
         while counter.read()[0] < n and time.monotonic() < deadline:
             if conn.poll() is not None:
@@ -264,16 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb-poll-ms", type=float, default=50.0)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--batching", choices=["per_signal", "per_machine"], default="per_machine",
+                    help="the connectors' publish.batching (default per_machine: one _batch message per machine)")
     args = ap.parse_args(argv)
     broker = Mosquitto()
     rows = []
     try:
         print(f"oee-stream connector benchmark: private mosquitto {broker.url}, {os.cpu_count()} cpus, "
-              f"{args.seconds:.0f} s per case after {args.warmup:.0f} s warm-up")
+              f"{args.seconds:.0f} s per case after {args.warmup:.0f} s warm-up, publish.batching {args.batching}")
         for n in args.ua_vars:
-            rows.append(measure("opcua", broker, n, args.ua_publishing_ms, args.warmup, args.seconds))
+            rows.append(measure("opcua", broker, n, args.ua_publishing_ms, args.warmup, args.seconds, args.batching))
         for n in args.mb_registers:
-            rows.append(measure("modbus", broker, n, args.mb_poll_ms, args.warmup, args.seconds))
+            rows.append(measure("modbus", broker, n, args.mb_poll_ms, args.warmup, args.seconds, args.batching))
     finally:
         broker.close()
     print(f"\n{'connector':<8} {'variables':>9} {'interval':>9} {'samples/s':>10} {'msgs/s':>8} "

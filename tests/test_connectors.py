@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import math
 import queue
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -195,6 +196,28 @@ def test_memory_buffer_is_bounded_and_acks_by_sequence() -> None:
     assert [x.value for _, x in buf.peek(10)] == [3, 4]
 
 
+def test_bus_batch_roundtrip_and_errors() -> None:
+    samples = [Sample("furnace-1", "total", 10.0, 1.5), Sample("furnace-1", "state", 10.0, 3),
+               Sample("furnace-1", "total", 10.5, 1.75), Sample("furnace-1", "temperature", 10.5, None, "bad")]
+    topic = bus.batch_topic("site", "furnace-1")
+    assert topic == "oee/v1/site/furnace-1/_batch"
+    conn, got = bus.decode_samples(topic, bus.encode_batch("mb", samples))
+    assert conn == "mb"
+    # grouped by signal, each signal's samples in their order
+    assert sorted(got, key=lambda s: (s.signal, s.ts)) == sorted(samples, key=lambda s: (s.signal, s.ts))
+    for payload, reason in [
+        (b'{"v":1,"signals":{}}', "'signals' must be a non-empty object"),
+        (b'{"v":1,"samples":[{"ts":1,"value":1}]}', "'signals' must be a non-empty object"),
+        (b'{"v":1,"signals":{"_x":[{"ts":1,"value":1}]}}', "is not a signal name"),
+        (b'{"v":1,"signals":{"total":[{"ts":"x","value":1}]}}', "signals.total[0].ts must be epoch seconds"),
+        (b'{"v":1,"signals":{"total":[]}}', "'signals.total' must be a non-empty list"),
+    ]:
+        with pytest.raises(bus.PayloadError, match=re.escape(reason)):
+            bus.decode_samples(topic, payload)
+    with pytest.raises(bus.PayloadError, match="is not oee/v1"):
+        bus.decode_samples("oee/v1/site/_status/_batch", bus.encode_batch("mb", samples))
+
+
 # ============================================================================================ end to end helpers
 
 
@@ -208,6 +231,7 @@ class Collector:
         self.samples: list[Sample] = []
         self.status: dict[str, tuple[bus.ConnectorStatus, bool]] = {}
         self.messages = 0
+        self.topics: set[str] = set()
 
     def pump(self) -> None:
         while True:
@@ -221,6 +245,7 @@ class Collector:
                 _conn, samples = bus.decode_samples(msg.topic, msg.payload)
                 self.samples += samples
                 self.messages += 1
+                self.topics.add(msg.topic)
 
     def latest(self, machine: str, signal: str) -> Sample | None:
         got = [s for s in self.samples if s.machine == machine and s.signal == signal]
@@ -521,7 +546,8 @@ class MbSim:
             self.server = None
 
 
-def mb_config(site: str, port: int, order: str = "ABCD", extra: list[dict[str, Any]] | None = None) -> ModbusConfig:
+def mb_config(site: str, port: int, order: str = "ABCD", extra: list[dict[str, Any]] | None = None,
+              batching: str = "per_signal") -> ModbusConfig:
     regs = [
         {"machine": "furnace-1", "signal": "state", "address": 0, "type": "uint16"},
         {"machine": "furnace-1", "signal": "total", "address": 1, "type": "float32"},
@@ -533,7 +559,8 @@ def mb_config(site: str, port: int, order: str = "ABCD", extra: list[dict[str, A
         {
             "kind": "modbus", "id": "mb-test", "site": site, "controller": "tcp://127.0.0.1:${PORT}",
             "byte_order": order, "timeout_s": 0.5, "poll_interval_ms": 100,
-            "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5, "publish": {"linger_ms": 10},
+            "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5,
+            "publish": {"linger_ms": 10, "batching": batching},
             "registers": regs + (extra or []),
             "groups": [{"name": "slow", "poll_interval_ms": 300, "registers": [
                 {"machine": "furnace-1", "signal": "temperature", "address": 7, "type": "float32"}]}],
@@ -555,18 +582,24 @@ def furnace_ok(c: Collector, **over: Any) -> bool:
     return True
 
 
-@pytest.mark.parametrize("order", ["ABCD", "CDAB"])
-async def test_modbus_poll_to_broker_and_recovery(mqtt_url: str, order: str) -> None:
+@pytest.mark.parametrize(("order", "batching"), [("ABCD", "per_signal"), ("CDAB", "per_machine")])
+async def test_modbus_poll_to_broker_and_recovery(mqtt_url: str, order: str, batching: str) -> None:
     port = free_port()
     sim = MbSim(port)
     await sim.start(furnace_registers(order))
     site = new_site()
     col = Collector(mqtt_url, site)
-    conn = build_connector(mb_config(site, port, order), MqttSettings(mqtt_url))
+    conn = build_connector(mb_config(site, port, order, batching=batching), MqttSettings(mqtt_url))
     try:
         async with running(conn):
             t_before = time.time()
             await col.wait(furnace_ok, what="decoded furnace values")
+            if batching == "per_machine":
+                # Every signal of a poll in one message on the machine's _batch topic.
+                assert col.topics == {bus.batch_topic(site, "furnace-1")}
+                assert col.messages < len(col.samples) / 3, (col.messages, len(col.samples))
+            else:
+                assert bus.sample_topic(site, "furnace-1", "total") in col.topics
             s = col.latest("furnace-1", "total")
             assert s is not None and t_before - 1 <= s.ts <= time.time()  # response time, epoch seconds
             assert isinstance(col.latest("furnace-1", "state").value, int)  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 Topics (version 1):
     oee/v1/{site}/{machine}/{signal}            samples from connectors (QoS 1)
+    oee/v1/{site}/{machine}/_batch              samples of several signals of one machine (QoS 1, opt-in)
     oee/v1/{site}/_status/{connector}           connector online/offline, retained, set as MQTT last will
     oee/v1/{site}/{machine}/_oee/{window}       KPI results from the engine (retained)
     oee/v1/{site}/_deadletter                   rejected telemetry with its reason
@@ -66,6 +67,13 @@ def sample_topic(site: str, machine: str, signal: str) -> str:
     return f"{PREFIX}/{site}/{machine}/{signal}"
 
 
+BATCH = "_batch"  # the last level of a machine's multi-signal sample topic
+
+
+def batch_topic(site: str, machine: str) -> str:
+    return f"{PREFIX}/{site}/{machine}/{BATCH}"
+
+
 def status_topic(site: str, connector: str) -> str:
     return f"{PREFIX}/{site}/_status/{connector}"
 
@@ -93,6 +101,14 @@ def encode_samples(connector: str, samples: Sequence[Sample]) -> bytes:
     )
 
 
+def encode_batch(connector: str, samples: Sequence[Sample]) -> bytes:
+    """One message carries samples of several signals of one machine (topic `batch_topic`)."""
+    signals: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        signals.setdefault(s.signal, []).append({"ts": s.ts, "value": s.value, "q": s.quality})
+    return orjson.dumps({"v": BUS_VERSION, "connector": connector, "signals": signals})
+
+
 def encode_status(status: ConnectorStatus) -> bytes:
     return orjson.dumps(
         {"v": BUS_VERSION, "connector": status.connector, "state": status.state, "ts": status.ts,
@@ -111,11 +127,13 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
 
 
 def decode_samples(topic: str, payload: bytes) -> tuple[str, list[Sample]]:
-    """Decode a sample message; raise PayloadError naming what is wrong."""
+    """Decode a sample message (per-signal or `_batch` topic); raise PayloadError naming what is wrong."""
+    parts = topic.split("/")
+    batch = (len(parts) == 5 and parts[0] == "oee" and parts[1] == f"v{BUS_VERSION}" and parts[4] == BATCH
+             and not parts[3].startswith("_"))
     parsed = parse_topic(topic)
-    if parsed is None:
+    if parsed is None and not batch:
         raise PayloadError(f"topic {topic!r} is not oee/v{BUS_VERSION}/<site>/<machine>/<signal>")
-    _site, machine, signal = parsed
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -124,29 +142,46 @@ def decode_samples(topic: str, payload: bytes) -> tuple[str, list[Sample]]:
         raise PayloadError("payload must be a JSON object")
     if body.get("v") != BUS_VERSION:
         raise PayloadError(f"payload field 'v' must be {BUS_VERSION}, got {body.get('v')!r}")
-    raw = body.get("samples")
+    out: list[Sample] = []
+    if batch:
+        machine = parts[3]
+        signals = body.get("signals")
+        if not isinstance(signals, dict) or not signals:
+            raise PayloadError("payload field 'signals' must be a non-empty object")
+        for signal, raw in signals.items():
+            if not signal or signal.startswith("_") or any(c in signal for c in "/+#"):
+                raise PayloadError(f"signals key {signal!r} is not a signal name")
+            out += _decode_list(raw, machine, signal, f"signals.{signal}")
+    else:
+        assert parsed is not None
+        _site, machine, signal = parsed
+        out = _decode_list(body.get("samples"), machine, signal, "samples")
+    connector = body.get("connector")
+    return (connector if isinstance(connector, str) else ""), out
+
+
+def _decode_list(raw: Any, machine: str, signal: str, where: str) -> list[Sample]:
     if not isinstance(raw, list) or not raw:
-        raise PayloadError("payload field 'samples' must be a non-empty list")
+        raise PayloadError(f"payload field '{where}' must be a non-empty list")
     out: list[Sample] = []
     for i, s in enumerate(raw):
         if not isinstance(s, dict):
-            raise PayloadError(f"samples[{i}] must be an object")
+            raise PayloadError(f"{where}[{i}] must be an object")
         ts = s.get("ts")
         if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise PayloadError(f"samples[{i}].ts must be epoch seconds (a finite number), got {ts!r}")
+            raise PayloadError(f"{where}[{i}].ts must be epoch seconds (a finite number), got {ts!r}")
         q = s.get("q", "good")
         if q not in QUALITIES:
-            raise PayloadError(f"samples[{i}].q must be one of {list(QUALITIES)}, got {q!r}")
+            raise PayloadError(f"{where}[{i}].q must be one of {list(QUALITIES)}, got {q!r}")
         value = s.get("value")
         if isinstance(value, float) and not math.isfinite(value):
-            raise PayloadError(f"samples[{i}].value must be finite, got {value!r}")
+            raise PayloadError(f"{where}[{i}].value must be finite, got {value!r}")
         if value is not None and not isinstance(value, int | float | str | bool):
-            raise PayloadError(f"samples[{i}].value must be a number, string or bool, got {type(value).__name__}")
+            raise PayloadError(f"{where}[{i}].value must be a number, string or bool, got {type(value).__name__}")
         if value is None and q == "good":
-            raise PayloadError(f"samples[{i}].value is null with quality 'good'")
+            raise PayloadError(f"{where}[{i}].value is null with quality 'good'")
         out.append(Sample(machine, signal, float(ts), value, q))
-    connector = body.get("connector")
-    return (connector if isinstance(connector, str) else ""), out
+    return out
 
 
 def decode_status(payload: bytes) -> ConnectorStatus:

@@ -89,7 +89,7 @@ class BaseConnector(abc.ABC):
         return Publisher(
             self.id, self.site, self.machines, self.bus_settings, self.stats,
             buffer=buffer if buffer is not None else self._make_buffer(), max_batch_samples=p.max_batch_samples,
-            linger_s=p.linger_ms / 1000.0, ack_timeout_s=p.ack_timeout_s,
+            batching=p.batching, linger_s=p.linger_ms / 1000.0, ack_timeout_s=p.ack_timeout_s,
         )
 
     async def run(self) -> None:

@@ -36,8 +36,8 @@ class _Strict(BaseModel):
 
 
 class PublishSettings(_Strict):
-    """How samples leave the connector: a bounded buffer (store-and-forward), batched per (machine, signal),
-    QoS 1, deleted from the buffer only after the broker's PUBACK."""
+    """How samples leave the connector: a bounded buffer (store-and-forward), batched per (machine, signal)
+    or per machine, QoS 1, deleted from the buffer only after the broker's PUBACK."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -50,6 +50,10 @@ class PublishSettings(_Strict):
     spool_dir: str | None = None  # disk buffer directory; default <data dir>/spool/<connector id> (var/spool/<id>)
     spool_synchronous: Literal["normal", "full"] = "normal"  # full: fsync every commit (power-loss safe)
     max_batch_samples: Annotated[int, Field(ge=1)] = 1000
+    # per_signal: one message per (machine, signal) on oee/v1/{site}/{machine}/{signal}, what every v1
+    # consumer reads; per_machine: one message per machine on oee/v1/{site}/{machine}/_batch carrying all
+    # its signals (docs/bus.md), far fewer messages for pollers with many registers.
+    batching: Literal["per_signal", "per_machine"] = "per_signal"
     linger_ms: Annotated[float, Field(ge=0)] = 50.0
     ack_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 

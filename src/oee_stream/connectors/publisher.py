@@ -134,6 +134,7 @@ class Publisher:
         buffer: SampleBuffer | None = None,
         buffer_size: int = 100_000,
         max_batch_samples: int = 1000,
+        batching: str = "per_signal",
         linger_s: float = 0.05,
         ack_timeout_s: float = 10.0,
         retry_initial_s: float = 0.2,
@@ -145,6 +146,9 @@ class Publisher:
         self.stats = stats
         self.buffer: SampleBuffer = buffer if buffer is not None else MemoryBuffer(buffer_size)
         self.max_batch_samples = max_batch_samples
+        if batching not in ("per_signal", "per_machine"):
+            raise ValueError(f"batching must be per_signal or per_machine, not {batching!r}")
+        self.per_machine = batching == "per_machine"
         self.linger_s = linger_s
         self.ack_timeout_s = ack_timeout_s
         self.retry_initial_s = retry_initial_s
@@ -235,8 +239,12 @@ class Publisher:
     async def _publish_batch(self) -> bool:
         batch = self.buffer.peek(self.max_batch_samples)
         groups: dict[tuple[str, str], list[tuple[int, Sample]]] = {}
-        for seq, s in batch:
-            groups.setdefault((s.machine, s.signal), []).append((seq, s))
+        if self.per_machine:
+            for seq, s in batch:
+                groups.setdefault((s.machine, bus.BATCH), []).append((seq, s))
+        else:
+            for seq, s in batch:
+                groups.setdefault((s.machine, s.signal), []).append((seq, s))
         keys = list(groups)
         results = await asyncio.gather(
             *(self._publish_group(k, groups[k]) for k in keys), return_exceptions=True
@@ -259,7 +267,10 @@ class Publisher:
 
     async def _publish_group(self, key: tuple[str, str], items: list[tuple[int, Sample]]) -> None:
         machine, signal = key
-        payload = bus.encode_samples(self.connector_id, [s for _, s in items])
-        await self.bus.publish_and_wait(
-            bus.sample_topic(self.site, machine, signal), payload, qos=1, timeout=self.ack_timeout_s
-        )
+        if signal == bus.BATCH:
+            topic, payload = (bus.batch_topic(self.site, machine),
+                              bus.encode_batch(self.connector_id, [s for _, s in items]))
+        else:
+            topic = bus.sample_topic(self.site, machine, signal)
+            payload = bus.encode_samples(self.connector_id, [s for _, s in items])
+        await self.bus.publish_and_wait(topic, payload, qos=1, timeout=self.ack_timeout_s)
