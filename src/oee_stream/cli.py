@@ -70,6 +70,18 @@ def run(
         _fail(exc)
 
 
+@app.command()
+def connectors(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
+    """Run only the connectors (an edge box next to the PLCs), publishing to OEE_MQTT_URL."""
+    from oee_stream.edge import run_connectors
+
+    try:
+        s = _settings(plant, connectors)
+        asyncio.run(run_connectors(s))
+    except ConfigError as exc:
+        _fail(exc)
+
+
 @app.command("check-config")
 def check_config(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
     """Validate the plant model and every connector file without connecting to anything."""
