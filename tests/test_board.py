@@ -507,3 +507,30 @@ async def test_board_follows_a_state_change_in_the_simulator(
             shot = await cdp.send("Page.captureScreenshot", {"format": "png"})
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+
+
+# ------------------------------------------------------------------------------------------ make demo
+
+
+async def test_demo_opens_with_the_board(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                         plant: Plant) -> None:
+    """`make demo` (`oee-stream demo`): the first URL it prints is the board, and with a display it opens the
+    board in the browser."""
+    import webbrowser
+
+    from oee_stream import runtime
+    from oee_stream.settings import Settings
+
+    @contextlib.asynccontextmanager
+    async def fake_service(settings: Settings, **_: Any) -> AsyncIterator[Any]:
+        yield runtime.Running(plant, "postgresql://x", "mqtt://x", "http://127.0.0.1:8000", None)  # type: ignore[arg-type]
+
+    opened: list[str] = []
+    monkeypatch.setattr(runtime, "running_service", fake_service)
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    monkeypatch.setenv("DISPLAY", ":0")
+    asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+    await runtime.serve_until_stopped(Settings(_env_file=None), embedded=True, simulate=True)  # type: ignore[call-arg]
+    assert opened == ["http://127.0.0.1:8000/board"]
+    urls = [line for line in capsys.readouterr().out.splitlines() if "http://" in line]
+    assert urls and urls[0].split()[0] == "board" and urls[0].split()[2] == "http://127.0.0.1:8000/board", urls
