@@ -47,7 +47,7 @@ if str(ROOT / "src") not in sys.path:
 from oee_stream.bus import Sample
 from oee_stream.config import Plant
 from oee_stream.engine import formulas as fx
-from oee_stream.engine.core import Engine, EngineStats, WindowSet
+from oee_stream.engine.core import Engine, EngineStats, WindowSet, _Arena
 from oee_stream.engine.plant import (
     GOOD,
     MICRO_STOP,
@@ -183,15 +183,15 @@ def break_intervals(start: float, end: float) -> list[tuple[float, float]]:
 def fresh_engine(proto: Engine) -> Engine:
     """A new empty engine sharing `proto`'s compiled plant (compile_plant is O(machines²), see report)."""
     e = copy.copy(proto)
-    e._m, e._s, e._t, e._v, e._q = (np.empty(0, np.int64), np.empty(0, np.int8), np.empty(0, np.float64),
-                                    np.empty(0, np.float64), np.empty(0, np.int8))
-    e._pending = []
     e.watermark = np.full(proto.cp.n, -np.inf)
     e.offline_since = np.full(proto.cp.n, np.nan)
     e._sessions = {}
     e.stats = EngineStats()
+    e._pending = []
     e._timeline = None
+    e._win_cache = {}
     e.origin = None
+    e._reset_derived()
     return e
 
 
@@ -549,13 +549,22 @@ def line_profile(fn: Any, call: Callable[[], Any], codes: tuple[Any, ...] = ()) 
     return [(sec, ln, linecache.getline(fname, ln).strip()) for ln, sec in rows if sec > 0.01 * total]
 
 
-def derive_profile(e: Engine, now: float) -> dict[str, list[tuple[float, int, str]]]:
-    e._derive(now)  # warm: the first derive of a fresh engine also pays page faults on new arrays
-    tl = e._derive(now)
+def derive_profile(proto: Engine, b: Batch, now: float) -> dict[str, list[tuple[float, int, str]]]:
+    """Per-line wall time of deriving a whole batch into a fresh engine, and of one window advance."""
+    warm = fresh_engine(proto)  # the first derive of a process also pays page faults on new arrays
+    warm.ingest_arrays(b.m, b.s, b.t, b.v, b.q, now=now)
+    warm.timeline(now)
+    e = fresh_engine(proto)
+    e.ingest_arrays(b.m, b.s, b.t, b.v, b.q, now=now)
+    out = {"Engine._derive (+ advance, arena)": line_profile(
+        Engine._derive, lambda: e.timeline(now), (Engine.advance.__code__, _Arena.append.__code__,
+                                                 _Arena.reserve.__code__))}
+    tl = e.timeline(now)
     w = e.windows(now)
-    return {"Engine._derive": line_profile(Engine._derive, lambda: e._derive(now)),
-            "Engine.aggregate (+_class_seconds)": line_profile(
-                Engine.aggregate, lambda: e.aggregate(tl, w), (Engine._class_seconds.__code__,))}
+    out["Engine.aggregate (+ look-ups)"] = line_profile(
+        Engine.aggregate, lambda: e.aggregate(tl, w),
+        (Engine._state_at.__code__, Engine._counts_at.__code__, _Arena.search.__code__))
+    return out
 
 
 def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: Any | None) -> tuple[list[Row], dict]:
@@ -665,9 +674,9 @@ def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: An
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     info["peak_bytes"] = peak
-    info["retained_bytes"] = sum(x.nbytes for x in (eng._m, eng._s, eng._t, eng._v, eng._q))
+    info["retained_bytes"] = eng.memory_bytes()
     if args.profile:
-        info["profile"] = derive_profile(eng, now + 0.5)
+        info["profile"] = derive_profile(proto, b, now)
     del eng
     return rows, info
 
@@ -726,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             ok &= agrees(dd)
         print(f"   engine peak memory (tracemalloc, ingest+derive+windows): {info['peak_bytes'] / 2**20:.0f} MiB = "
               f"{info['peak_bytes'] / n:.0f} B/sample, {info['peak_bytes'] / n_m / 1024:.1f} KiB/machine; "
-              f"retained sample log {info['retained_bytes'] / n:.0f} B/sample")
+              f"retained (log + tables, allocated) {info['retained_bytes'] / n:.0f} B/sample")
         print_table(rows)
         for fname, prof in info.get("profile", {}).items():
             tot = sum(x[0] for x in prof)

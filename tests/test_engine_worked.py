@@ -278,3 +278,34 @@ def test_state_intervals_merge_rows_and_leave_the_last_open() -> None:
     iv = [x for x in eng.state_intervals(T0 + 600, since=T0) if x[3] != "unknown"]
     assert iv == [("m1", T0, T0 + 20, "running", None), ("m1", T0 + 20, T0 + 500, "unplanned_stop", "fault"),
                   ("m1", T0 + 500, None, "running", None)]
+
+
+def test_open_stop_is_micro_until_it_passes_the_threshold_across_ticks() -> None:
+    # An open stop of two reasons (fault, then starved) is one stop; while shorter than the threshold it
+    # is micro, measured up to now; it turns unplanned (and counts as a stop) once it passes the threshold.
+    eng = Engine(plant(policies={"microstop_threshold_s": 120}))
+    eng.ingest([S("state", T0, 1), S("state", T0 + 1000, 0)], now=T0 + 1030)
+    eng.timeline(T0 + 1030)
+    eng.ingest([S("state", T0 + 1040, 3)], now=T0 + 1050)
+    [r] = eng.range_results(T0 + 1100, ["m1"], [T0 + 1020], [T0 + 1100])
+    assert r.seconds["micro_stop"] == pytest.approx(80) and r.seconds["unplanned_stop"] == 0 and r.stops == 0
+    assert r.downtime_by_reason_s == {"fault": pytest.approx(20), "starved": pytest.approx(60)}
+    [r] = eng.range_results(T0 + 1200, ["m1"], [T0 + 990], [T0 + 1200])
+    assert r.seconds["micro_stop"] == 0 and r.seconds["unplanned_stop"] == pytest.approx(200) and r.stops == 1
+    res = [x for x in eng.results(T0 + 1200) if x.entity == "m1" and x.window == "1h"]
+    assert res[0].state == "unplanned_stop" and res[0].reason == "starved" and res[0].state_since == T0 + 1040
+    # ended after 150 s in all: a closed stop keeps its class
+    eng.ingest([S("state", T0 + 1150, 1)], now=T0 + 1300)
+    [r] = eng.range_results(T0 + 1300, ["m1"], [T0 + 990], [T0 + 1300])
+    assert r.seconds["unplanned_stop"] == pytest.approx(150) and r.stops == 1
+
+
+def test_stale_signal_tail_is_unknown_until_data_comes_back() -> None:
+    eng = Engine(plant(policies={"stale_after_s": 100}))
+    eng.ingest([S("state", T0, 1)], now=T0 + 10)
+    [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
+    assert r.seconds["running"] == pytest.approx(100) and r.seconds["unknown"] == pytest.approx(200)
+    assert next(x for x in eng.results(T0 + 300) if x.entity == "m1").reason == "stale signal"
+    eng.ingest([S("state", T0 + 250, 1)], now=T0 + 300)
+    [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
+    assert r.seconds["running"] == pytest.approx(300)

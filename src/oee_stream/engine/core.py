@@ -1,16 +1,21 @@
 """The vectorized OEE engine: samples in, KPIs per machine and window out. Pure: no I/O, no clock.
 
 Data layout (docs/engine.md):
-- a sample log of columnar NumPy arrays (machine, signal, ts, value, quality) kept sorted by
-  (machine, signal, ts) and deduplicated; new batches are appended to a pending buffer and merged with
-  one stable sort of two sorted runs (timsort merges them in linear time);
-- at evaluation the log is turned, for all machines at once, into a state timeline (one row per state
-  change, plus calendar boundaries, plus a terminal row at `now`) with cumulative seconds per time class,
-  and a count table (one row per counter increment) with cumulative counts and ideal seconds;
-- a window [a, b) of machine m is then two `searchsorted` look-ups into each table: C(b) - C(a).
+- a sample log (append-only columnar arrays) of every accepted sample, read back only when a machine has
+  to be re-derived (a sample older than what was already derived for it) or when old data is pruned;
+- two derived tables kept *incrementally*, each an arena of per-machine segments (`_Arena`): the state
+  table (one row per change of time class or reason, with cumulative production seconds per class and
+  stop counts before the row) and the counter table (one segment per machine and counter, cumulative
+  increments and ideal seconds). A tick appends the rows of the new samples to the segments of the
+  machines that received them; nothing else is touched;
+- the calendar is not merged into the state rows: per calendar, cumulative production / break /
+  unscheduled seconds over its boundaries (`_CalendarCache`) turn a row's duration into production seconds;
+- the open end of every machine (its last state row, the still undecided micro/unplanned status of an
+  open stop, stale / offline / no-count tails, `now`) is a small per-machine tail computed at each `now`.
 
-Nothing here loops per sample or per machine; the few Python loops run per calendar or per result
-record when results are formatted.
+A window [a, b) of machine m is then two `searchsorted` look-ups per table plus the tail: C(b) - C(a).
+Nothing loops per sample or per machine; the few Python loops run per calendar, per tail column (4) or per
+result record when results are formatted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +42,11 @@ from oee_stream.engine.calendar import (
 from oee_stream.engine.plant import (
     GAP,
     GOOD,
+    GOOD_COUNT,
     INPUT,
     MICRO_STOP,
     N_CLASSES,
+    N_SIGNALS,
     PLANNED_EXCLUDED,
     PLANNED_STOP,
     PRODUCT,
@@ -70,12 +77,24 @@ from oee_stream.engine.result import SIX_BIG_LOSSES, TIME_CLASSES, KpiResult
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
 I8 = npt.NDArray[np.int8]
 B = npt.NDArray[np.bool_]
 
 DAY = 86400.0
 RESUME = -1.0  # value of a GAP row that ends a gap (see Engine.connector_status)
 SPEED_WINDOW_S = 300.0
+
+# Counter series per machine in the counter table, in signal-code order so a batch sorted by
+# (machine, signal, time) is already sorted by (series, time).
+N_CTR = 4
+C_TOTAL, C_REJECT, C_INPUT, C_GOOD = range(N_CTR)
+_SIG_CTR = np.full(N_SIGNALS, -1, np.int64)
+_SIG_CTR[[TOTAL, REJECT, INPUT, GOOD_COUNT]] = [C_TOTAL, C_REJECT, C_INPUT, C_GOOD]
+_IS_COUNTER = _SIG_CTR >= 0
+
+# Tail columns per machine: the last state row, three transient rows (offline, no count, stale), `now`.
+N_TAIL = 4
 
 # Reasons a sample is refused; index 0 means accepted.
 REJECT_REASONS = ("", "unknown machine", "unknown signal", "future timestamp beyond max_clock_skew_s",
@@ -97,6 +116,8 @@ class EngineStats:
     duplicates: int = 0
     late_dropped: int = 0
     rejected: int = 0
+    rederived_machines: int = 0  # machines re-derived from their log because a sample came out of order
+    full_rebuilds: int = 0  # whole-engine rebuilds (pruning old data, `now` going backwards)
     counter_resets: dict[str, int] = field(default_factory=dict)
     counter_rollovers: dict[str, int] = field(default_factory=dict)
 
@@ -115,63 +136,422 @@ class WindowSet:
 
 @dataclass(frozen=True)
 class Timeline:
-    """The derived state timeline and count table at one `now`, for all machines."""
+    """The open end of every machine at one `now` (the derived tables live in the engine).
+
+    Tail columns j = 0..3: the machine's last state row, then the transient rows (connector offline, no
+    count for no_count_stop_after_s, stale signal) in time order; absent rows sit at `now` with no length.
+    Classes are final (an open stop is micro or unplanned as measured up to `now`).
+    """
 
     now: float
-    # state rows sorted by (machine, t)
-    sm: I64
-    st: F64
-    scls: I8
-    sreason: I64
-    skey: F64
-    scum: F64  # (7, N) seconds per class before each row
-    stop_key: F64  # keys of the starts of counted (non-micro) unplanned stops, sorted
-    # count rows sorted by (machine, t)
-    ckey: F64
-    ccum: F64  # (5, N + 1): total, reject, input, ideal_total, ideal_reject before each row
-    span: float
     origin: float
-    # current state per machine
+    tt: F64  # (M, N_TAIL + 1) start times; column N_TAIL is now
+    tc: I8  # (M, N_TAIL) final class
+    tr: I64  # (M, N_TAIL) reason
+    tp: F64  # (M, N_TAIL + 1) production seconds since origin at tt
+    last_pos: I64  # (M,) arena position of the last state row
+    fix: B  # (M,) the open stop is micro: its committed rows [run_t, tt[:, 0]) move unplanned -> micro
+    run_t: F64
+    run_p: F64  # production seconds at run_t
+    fix_p_end: F64  # production seconds at tt[:, 0]
+    tail_stops: F64  # (M, N_TAIL) start times of counted stops that begin in the tail, inf where none
     cur_cls: I64
     cur_reason: I64
     cur_since: F64
     cur_product: I64
     resets: I64
     rollovers: I64
+    derive_reject: B  # the machine reports good and total but no reject: reject = total - good
+    derive_total: B  # it reports good and reject but no total: total = good + reject
 
 
-def _sorted_search(table: F64, keys: F64, order: I64, side: Literal["left", "right"]) -> I64:
-    out = np.empty(len(keys), np.int64)
-    out[order] = np.searchsorted(table, keys[order], side=side)
+def _ranges(starts: I64, counts: I64) -> I64:
+    """Concatenated aranges [starts[i], starts[i] + counts[i]) without a Python loop."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    offs = np.cumsum(counts) - counts
+    return (np.repeat(starts.astype(np.int64) - offs, counts) + np.arange(total, dtype=np.int64)).astype(np.int64)
+
+
+def _group_starts(g: I64) -> tuple[I64, I64, I64]:
+    """For a sorted group id array: (unique ids, index of each group's first element, group sizes)."""
+    n = len(g)
+    if n == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e
+    first = np.ones(n, np.bool_)
+    first[1:] = g[1:] != g[:-1]
+    idx = np.flatnonzero(first)
+    cnt = np.diff(np.append(idx, n))
+    return g[idx], idx, cnt
+
+
+def _seg_cumsum(vals: F64, first: B) -> F64:
+    """Inclusive cumulative sum along the last axis that restarts where `first` is set.
+
+    The total of each finished segment is subtracted at the next segment's start instead of subtracting
+    a global running sum afterwards, so values stay the size of one segment (one machine) and keep their
+    precision (a global cumsum over 10 000 machines loses ~1e-7 s).
+    """
+    if vals.shape[-1] == 0:
+        return vals.copy()
+    starts = np.flatnonzero(first)
+    v = vals.copy()
+    if len(starts) > 1:
+        tot = np.add.reduceat(vals, starts, axis=-1)
+        v[..., starts[1:]] -= tot[..., :-1]
+        # reduceat and cumsum add in the same order, so the residual at each start is ~one ulp of a segment
+    out: F64 = np.cumsum(v, axis=-1)
+    if len(starts) and starts[0] > 0:
+        out[..., : starts[0]] = np.cumsum(vals[..., : starts[0]], axis=-1)
     return out
 
 
-def _key(m: I64, t: F64 | float, origin: float, span: float) -> F64:
-    return m.astype(np.float64) * span + (np.asarray(t, dtype=np.float64) - origin)
+class _Arena:
+    """Growable per-segment row storage, one set of arrays, globally sorted by `key`.
+
+    Segment s owns [start[s], start[s] + cap[s]); its rows are sorted by time. key = rank[s] * span +
+    (t - origin) and unused slots hold rank[s] * span + span - 0.5, so the whole key array is sorted and
+    one `np.searchsorted` finds a time inside any segment. A segment that outgrows its capacity moves to
+    the end with twice the room and a new, larger rank (amortized O(1) per row); the hole it leaves keeps
+    its old keys, so the order holds. When holes outweigh live room the arena is compacted.
+    """
+
+    def __init__(self, n_seg: int, span: float, origin: float, cols: dict[str, tuple[Any, int]],
+                 init_cap: int = 8) -> None:
+        self.n = n_seg
+        self.span = span
+        self.origin = origin
+        self.pad = span - 0.5
+        self._cols_spec = cols
+        self.start = np.arange(n_seg, dtype=np.int64) * init_cap
+        self.cap = np.full(n_seg, init_cap, np.int64)
+        self.len = np.zeros(n_seg, np.int64)
+        self.rank = np.arange(n_seg, dtype=np.int64)
+        self.next_rank = n_seg
+        self.size = n_seg * init_cap
+        alloc = max(self.size, 1024)
+        self.key = np.empty(alloc)
+        self.t = np.empty(alloc)
+        self.cols: dict[str, Any] = {name: np.zeros((w, alloc) if w > 1 else alloc, dt)
+                                     for name, (dt, w) in cols.items()}
+        self.key[: self.size] = np.repeat(self.rank, init_cap) * span + self.pad
+
+    def _grow(self, need: int) -> None:
+        alloc = len(self.key)
+        if need <= alloc:
+            return
+        new = max(need, alloc * 2)
+        for name in ("key", "t"):
+            arr = getattr(self, name)
+            out = np.empty(new)
+            out[: self.size] = arr[: self.size]
+            setattr(self, name, out)
+        for name, arr in self.cols.items():
+            out = np.zeros((*arr.shape[:-1], new), arr.dtype)
+            out[..., : self.size] = arr[..., : self.size]
+            self.cols[name] = out
+
+    def _rekey(self, seg: I64, cap: I64, n_live: I64, start: I64) -> None:
+        live = _ranges(start, n_live)
+        self.key[live] = np.repeat(self.rank[seg] * self.span, n_live) + (self.t[live] - self.origin)
+        pad = _ranges(start + n_live, cap - n_live)
+        self.key[pad] = np.repeat(self.rank[seg] * self.span, cap - n_live) + self.pad
+
+    def compact(self, extra: I64 | None = None) -> None:
+        need = self.len + (extra if extra is not None else 0)
+        cap = np.maximum(need + need // 2, 8)
+        start = np.cumsum(cap) - cap
+        size = int(cap.sum())
+        src = _ranges(self.start, self.len)
+        dst = _ranges(start, self.len)
+        alloc = max(size, 1024)
+        t = np.empty(alloc)
+        t[dst] = self.t[src]
+        cols = {}
+        for name, arr in self.cols.items():
+            out = np.zeros((*arr.shape[:-1], alloc), arr.dtype)
+            out[..., dst] = arr[..., src]
+            cols[name] = out
+        self.t, self.cols = t, cols
+        self.key = np.empty(alloc)
+        self.start, self.cap, self.size = start, cap, size
+        self.rank = np.arange(self.n, dtype=np.int64)
+        self.next_rank = self.n
+        self._rekey(np.arange(self.n, dtype=np.int64), cap, self.len, start)
+
+    def reserve(self, seg: I64, extra: I64) -> None:
+        """Room for `extra` more rows in each (unique) segment of `seg`."""
+        need = self.len[seg] + extra
+        grow = need > self.cap[seg]
+        if not grow.any():
+            return
+        g = seg[grow]
+        newcap = np.maximum(need[grow] * 2, 8)
+        total_new = int(newcap.sum())
+        live = int(self.cap.sum())
+        if self.size + total_new > 2 * (live + total_new) + (1 << 16) or self.next_rank + len(g) > 8 * self.n + 4096:
+            full = np.zeros(self.n, np.int64)
+            full[seg] = extra
+            self.compact(full)
+            return
+        self._grow(self.size + total_new)
+        new_start = self.size + np.cumsum(newcap) - newcap
+        n_live = self.len[g]
+        src = _ranges(self.start[g], n_live)
+        dst = _ranges(new_start, n_live)
+        self.t[dst] = self.t[src]
+        for arr in self.cols.values():
+            arr[..., dst] = arr[..., src]
+        self.rank[g] = self.next_rank + np.arange(len(g), dtype=np.int64)
+        self.next_rank += len(g)
+        self.start[g] = new_start
+        self.cap[g] = newcap
+        self.size += total_new
+        self._rekey(g, newcap, n_live, new_start)
+
+    def truncate(self, seg: I64, new_len: I64) -> None:
+        drop = self.len[seg] - new_len
+        idx = _ranges(self.start[seg] + new_len, drop)
+        self.key[idx] = np.repeat(self.rank[seg] * self.span, drop) + self.pad
+        self.len[seg] = new_len
+
+    def append(self, seg: I64, t: F64, **vals: Any) -> I64:
+        """Append rows (sorted by segment, then time) at the end of their segments; returns positions."""
+        u, first, cnt = _group_starts(seg)
+        if len(u) == 0:
+            return np.zeros(0, np.int64)
+        self.reserve(u, cnt)
+        pos = np.repeat(self.start[u] + self.len[u] - first, cnt) + np.arange(len(seg), dtype=np.int64)
+        self.t[pos] = t
+        self.key[pos] = np.repeat(self.rank[u] * self.span, cnt) + (t - self.origin)
+        for name, v in vals.items():
+            self.cols[name][..., pos] = v
+        self.len[u] += cnt
+        return pos
+
+    def search(self, seg: I64, x: F64, side: Literal["left", "right"]) -> I64:
+        needle = self.rank[seg] * self.span + (x - self.origin)
+        # Binary searches with sorted needles walk the table in order: several times faster than random.
+        order = np.argsort(needle, kind="stable")
+        out = np.empty(len(needle), np.int64)
+        out[order] = np.searchsorted(self.key[: self.size], needle[order], side=side)
+        return out
+
+    def last(self, seg: I64) -> I64:
+        return self.start[seg] + self.len[seg] - 1
+
+
+class _CalendarCache:
+    """Cumulative production / break / unscheduled seconds since `origin` over a calendar's boundaries.
+
+    Recomputed only when a time beyond the cached range is asked for; extending the range gives the same
+    values for the earlier part, so rows derived earlier stay consistent.
+    """
+
+    def __init__(self, cal: Any, origin: float, until: float) -> None:
+        self.cal = cal
+        self.origin = origin
+        self._build(until)
+
+    def _build(self, until: float) -> None:
+        bt, bc = calendar_boundaries(self.cal, self.origin, until)
+        self.until = until
+        self.bt = bt
+        self.bc = bc
+        dur = np.diff(np.append(bt, until))
+        cum = np.zeros((3, len(bt)))
+        for k in range(3):  # CAL_UNSCHEDULED, CAL_EXCLUDED, CAL_PRODUCTION
+            cum[k, 1:] = np.cumsum(np.where(bc == k, dur, 0.0))[:-1]
+        self.cum = cum
+
+    def ensure(self, until: float) -> None:
+        if until > self.until:
+            self._build(until + 2 * DAY)
+
+    def index(self, x: F64) -> I64:
+        out: I64 = np.maximum(np.searchsorted(self.bt, x, side="right") - 1, 0)
+        return out
+
+    def seconds(self, x: F64, k: int) -> F64:
+        """Seconds of calendar class k in [origin, x)."""
+        i = self.index(x)
+        out: F64 = self.cum[k, i] + np.where(self.bc[i] == k, x - self.bt[i], 0.0)
+        return out
+
+
+class _Log:
+    """Every accepted, deduplicated sample, append-only, in arrival order (read back to re-derive)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.m = np.empty(1024, np.int64)
+        self.s = np.empty(1024, np.int8)
+        self.t = np.empty(1024)
+        self.v = np.empty(1024)
+        self.q = np.empty(1024, np.int8)
+
+    def append(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> None:
+        k = len(t)
+        if self.n + k > len(self.t):
+            new = max(2 * len(self.t), self.n + k)
+            for name in ("m", "s", "t", "v", "q"):
+                arr = getattr(self, name)
+                out = np.empty(new, arr.dtype)
+                out[: self.n] = arr[: self.n]
+                setattr(self, name, out)
+        sl = slice(self.n, self.n + k)
+        self.m[sl], self.s[sl], self.t[sl], self.v[sl], self.q[sl] = m, s, t, v, q
+        self.n += k
+
+    def view(self) -> tuple[I64, I8, F64, F64, I8]:
+        n = self.n
+        return self.m[:n], self.s[:n], self.t[:n], self.v[:n], self.q[:n]
+
+    def replace(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> None:
+        self.n = 0
+        self.append(m, s, t, v, q)
+
+
+Cols = tuple[I64, I8, F64, F64, I8]
+
+
+def _sort_mst(m: I64, s: I8, t: F64, v: F64, q: I8, span: float, origin: float) -> Cols:
+    """Stable order by (machine, signal, time).
+
+    Batches from the bus are in time order per series, so a stable radix sort on the small integer key
+    (machine, signal) is enough; only when time then still decreases inside a series is a full sort done.
+    """
+    if len(t) == 0:
+        return m, s, t, v, q
+    g = m * N_SIGNALS + s.astype(np.int64)
+    if len(t) > 1 and not (np.all(g[1:] >= g[:-1])):
+        gmax = int(g.max())
+        if gmax < 1 << 16:
+            order = np.argsort(g.astype(np.uint16), kind="stable")  # radix sort
+        elif gmax < 1 << 31:
+            order = np.argsort(g.astype(np.int32), kind="stable")
+        else:
+            order = np.argsort(g, kind="stable")
+        m, s, t, v, q, g = m[order], s[order], t[order], v[order], q[order], g[order]
+    if len(t) > 1:
+        same = g[1:] == g[:-1]
+        if (same & (t[1:] < t[:-1])).any():
+            key = g.astype(np.float64) * span + (t - origin)
+            order = np.argsort(key, kind="stable")
+            m, s, t, v, q = m[order], s[order], t[order], v[order], q[order]
+    return m, s, t, v, q
+
+
+def _dup_mask(m: I64, s: I8, t: F64, v: F64, q: I8) -> B:
+    """Exact duplicates of the previous row (same machine, signal, source time, value, quality)."""
+    same = np.zeros(len(t), np.bool_)
+    if len(t) > 1:
+        same[1:] = ((t[1:] == t[:-1]) & (m[1:] == m[:-1]) & (s[1:] == s[:-1])
+                    & ((v[1:] == v[:-1]) | (np.isnan(v[1:]) & np.isnan(v[:-1]))) & (q[1:] == q[:-1]))
+    return same
 
 
 class Engine:
-    """OEE for every machine of a plant, vectorized across machines."""
+    """OEE for every machine of a plant, vectorized across machines, derived incrementally."""
 
     def __init__(self, plant: Plant, *, origin: float | None = None, retention_s: float | None = None) -> None:
         self.cp: CompiledPlant = compile_plant(plant)
         self.plant = plant
         self.policies = plant.policies
-        n = self.cp.n
         max_window = max([w.seconds for w in plant.rolling_windows] + [DAY + 3600.0])
         self.retention_s = retention_s or (max_window + self.policies.allowed_lateness_s + DAY)
+        # Fixed key span: the longest time between the origin and a sample before the next prune.
+        self._span = float(2 ** math.ceil(math.log2(self.retention_s + 4 * DAY + self.policies.max_clock_skew_s)))
         self.origin: float | None = origin
-        self._m = np.empty(0, np.int64)
-        self._s = np.empty(0, np.int8)
-        self._t = np.empty(0, np.float64)
-        self._v = np.empty(0, np.float64)
-        self._q = np.empty(0, np.int8)
-        self._pending: list[tuple[I64, I8, F64, F64, I8]] = []
-        self.watermark = np.full(n, -np.inf)
-        self.offline_since = np.full(n, np.nan)
+        self.watermark = np.full(self.cp.n, -np.inf)
+        self.offline_since = np.full(self.cp.n, np.nan)
         self._sessions: dict[str, str] = {}
         self.stats = EngineStats()
+        self._pending: list[Cols] = []
         self._timeline: Timeline | None = None
+        self._win_cache: dict[tuple[int, str], tuple[float, float, list[tuple[int, float, float, str | None]]]] = {}
+        self._reset_derived()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset_derived(self) -> None:
+        n = self.cp.n
+        self._log = _Log()
+        self._derived_now = -np.inf
+        self._ready = False  # arenas exist (they need the origin)
+        self.frontier = np.full(n, -np.inf)  # newest derived sample time per machine (any signal)
+        self._ser_v = np.full(n * N_CTR, np.nan)  # last value of each counter series
+        self._cend = np.zeros((2, n * N_CTR))  # cumulative increments / ideal seconds at each series' end
+        self._last_t = np.full((n, N_SIGNALS), np.nan)  # last derived sample per series, for duplicates
+        self._last_v = np.full((n, N_SIGNALS), np.nan)
+        self._last_q = np.full((n, N_SIGNALS), -1, np.int8)
+        self._real_cls = np.full(n, -1, np.int8)  # class / reason of the latest real state sample
+        self._real_reason = np.zeros(n, np.int64)
+        self._last_count = np.full(n, -np.inf)  # latest total increment (state_source: counts)
+        self._cur_p = self.cp.default_product.copy()
+        self._cur_pt = np.full(n, -np.inf)
+        self._prev_p = self.cp.default_product.copy()
+        self._run_pos = np.full(n, -1, np.int64)  # index in the segment of the open stop's first row
+        self._run_t = np.full(n, np.nan)
+        self._resets = np.zeros(n, np.int64)
+        self._rolls = np.zeros(n, np.int64)
+        self._seen = np.zeros((n, N_SIGNALS), np.bool_)
+
+    def _init_arenas(self, origin: float) -> None:
+        n = self.cp.n
+        self.origin = origin
+        self._cals = [_CalendarCache(self.plant.calendars[c], origin, origin + self.retention_s + 3 * DAY)
+                      for c in self.cp.calendar_names]
+        self._sa = _Arena(n, self._span, origin, {"cls": (np.int8, 1), "reason": (np.int32, 1),
+                                                  "scum": (np.float64, N_CLASSES), "stops": (np.float64, 1),
+                                                  "flag": (np.int8, 1)})
+        self._ca = _Arena(n * N_CTR, self._span, origin, {"cum": (np.float64, 2)})
+        machines = np.arange(n, dtype=np.int64)
+        self._sa.append(machines, np.full(n, origin), cls=np.full(n, UNKNOWN, np.int8),
+                        reason=np.full(n, R_NO_DATA, np.int32), scum=np.zeros((N_CLASSES, n)),
+                        stops=np.zeros(n), flag=np.zeros(n, np.int8))
+        self._ready = True
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the sample log and the derived tables (allocated, not just used)."""
+        out = sum(getattr(self._log, k).nbytes for k in ("m", "s", "t", "v", "q"))
+        if self._ready:
+            for ar in (self._sa, self._ca):
+                out += ar.key.nbytes + ar.t.nbytes + sum(c.nbytes for c in ar.cols.values())
+        return int(out)
+
+    # ------------------------------------------------------------------ calendar
+
+    def _cal_eval(self, m: I64, x: F64, k: int) -> F64:
+        """Seconds of calendar class k in [origin, x) for machine m's calendar."""
+        if len(self._cals) == 1:
+            return self._cals[0].seconds(x, k)
+        out = np.empty(len(x))
+        cal_of = self.cp.calendar_of[m]
+        for ci, cal in enumerate(self._cals):
+            sel = cal_of == ci
+            if sel.any():
+                out[sel] = cal.seconds(x[sel], k)
+        return out
+
+    def _prod(self, m: I64, x: F64) -> F64:
+        return self._cal_eval(m, x, CAL_PRODUCTION)
+
+    def _cal_state(self, m: I64, x: F64) -> tuple[I8, F64]:
+        """Calendar class at x (a boundary at x counts as already passed) and since when it holds."""
+        cls = np.empty(len(x), np.int8)
+        since = np.empty(len(x))
+        cal_of = self.cp.calendar_of[m]
+        for ci, cal in enumerate(self._cals):
+            sel = cal_of == ci
+            if sel.any():
+                i = cal.index(x[sel])
+                cls[sel] = cal.bc[i]
+                since[sel] = cal.bt[i]
+        return cls, since
 
     # ------------------------------------------------------------------ ingest
 
@@ -213,43 +593,74 @@ class Engine:
         return report
 
     def ingest_arrays(self, m: I64, s: I8, t: F64, v: F64, q: I8, *, now: float) -> IngestReport:
-        """Validate and append a columnar batch. Product values are product indices."""
+        """Validate and queue a columnar batch (derived at the next evaluation). Product values are indices."""
         n = len(t)
-        reason = np.zeros(n, np.int8)
-        reason[(m < 0) | (m >= self.cp.n)] = 1
-        reason[(reason == 0) & (s < 0)] = 2
-        reason[(reason == 0) & (t > now + self.policies.max_clock_skew_s)] = 3
+        ncp = self.cp.n
+        mc = np.clip(m, 0, ncp - 1)
         good = q == GOOD
-        reason[(reason == 0) & (~np.isfinite(t) | (good & ~np.isfinite(v)))] = 4
-        counter = (s == TOTAL) | (s == REJECT) | (s == INPUT)
-        reason[(reason == 0) & counter & good & (v < 0)] = 5
-        reason[(reason == 0) & (s == STATE) & good & (v != np.round(v))] = 6
-        modulus = self.cp.counter_modulus[np.clip(m, 0, self.cp.n - 1)]
-        reason[(reason == 0) & counter & good & (modulus > 0) & (v >= modulus)] = 8
-        ok = reason == 0
+        counter = _IS_COUNTER[np.clip(s, 0, N_SIGNALS - 1)] & (s >= 0)
+        modulus = self.cp.counter_modulus[mc]
+        # Fast path: one combined test; the reason codes are worked out only for the refused rows.
+        with np.errstate(invalid="ignore"):
+            bad_v = good & ~np.isfinite(v)
+            ok = ((m >= 0) & (m < ncp) & (s >= 0) & (t <= now + self.policies.max_clock_skew_s)
+                  & np.isfinite(t) & ~bad_v)
+            gc = counter & good
+            ok &= ~(gc & ((v < 0) | ((modulus > 0) & (v >= modulus))))
+            ok &= ~((s == STATE) & good & (v != np.round(v)))
+        reason = np.zeros(n, np.int8)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            r = np.zeros(len(bad), np.int8)
+            bm, bs, bt, bv = m[bad], s[bad], t[bad], v[bad]
+            bg, bc, bmod = good[bad], counter[bad], modulus[bad]
+            with np.errstate(invalid="ignore"):
+                conds = [((bm < 0) | (bm >= ncp), 1), (bs < 0, 2), (bt > now + self.policies.max_clock_skew_s, 3),
+                         (~np.isfinite(bt) | (bg & ~np.isfinite(bv)), 4), (bc & bg & (bv < 0), 5),
+                         ((bs == STATE) & bg & (bv != np.round(bv)), 6), (bc & bg & (bmod > 0) & (bv >= bmod), 8)]
+            for cond, code in conds:
+                r[(r == 0) & cond] = code
+            reason[bad] = r
         if self.origin is None and ok.any():
             self.origin = math.floor(float(t[ok].min()) / 3600.0) * 3600.0 - self.retention_s
-        # Late: older than the machine's newest sample by more than allowed_lateness_s.
-        # Lateness is measured against what was seen before this batch: a batch (a spool being replayed,
-        # a recorded log) is in time order within itself.
-        mo = m[ok]
+        # Late: older than the machine's newest sample by more than allowed_lateness_s, or older than the
+        # engine's memory. Lateness is measured against what was seen before this batch: a batch (a spool
+        # being replayed, a recorded log) is in time order within itself.
         lag = np.zeros(n)
-        lag[ok] = self.watermark[mo] - t[ok]
+        lag[ok] = self.watermark[m[ok]] - t[ok]
         late = ok & (lag > self.policies.allowed_lateness_s)
+        if self.origin is not None:
+            late |= ok & (t < self.origin)
+            lag = np.where(ok & (t < self.origin), np.maximum(lag, self.origin - t), lag)
         keep = ok & ~late
-        np.maximum.at(self.watermark, m[keep], t[keep])
-        if keep.any():
-            self._pending.append((m[keep], s[keep], t[keep], v[keep], q[keep]))
+        n_keep = int(keep.sum())
+        if n_keep:
+            if n_keep == n:
+                km, ks, kt, kv, kq = m, s, t, v, q
+            else:
+                km, ks, kt, kv, kq = m[keep], s[keep], t[keep], v[keep], q[keep]
+            np.maximum.at(self.watermark, km, kt) if n_keep < 4096 else self._watermark_bulk(km, kt)
+            self._pending.append((km.astype(np.int64, copy=False), ks, kt, kv, kq))
             self._timeline = None
-        rep = IngestReport(accepted=int(keep.sum()), late_dropped=int(late.sum()))
-        bad_idx = np.flatnonzero(~ok)
-        rep.rejected = [(int(i), REJECT_REASONS[reason[i]]) for i in bad_idx]
-        late_idx = np.flatnonzero(late)
-        rep.late = [(int(i), float(lag[i])) for i in late_idx]
+        rep = IngestReport(accepted=n_keep, late_dropped=int(late.sum()))
+        if not ok.all():
+            bad_idx = np.flatnonzero(~ok)
+            rep.rejected = [(int(i), REJECT_REASONS[reason[i]]) for i in bad_idx]
+        if rep.late_dropped:
+            late_idx = np.flatnonzero(late)
+            rep.late = [(int(i), float(lag[i])) for i in late_idx]
         self.stats.accepted += rep.accepted
         self.stats.late_dropped += rep.late_dropped
         self.stats.rejected += len(rep.rejected)
         return rep
+
+    def _watermark_bulk(self, m: I64, t: F64) -> None:
+        # np.maximum.at is slow on big batches; a sort-free per-machine max via a scatter of the maxima.
+        order = np.lexsort((t, m)) if not np.all(np.diff(t) >= 0) else np.argsort(m, kind="stable")
+        ms, ts = m[order], t[order]
+        last = np.ones(len(ms), np.bool_)
+        last[:-1] = ms[1:] != ms[:-1]
+        self.watermark[ms[last]] = np.maximum(self.watermark[ms[last]], ts[last])
 
     def connector_status(self, machines: Sequence[str], state: str, ts: float, session: str = "") -> None:
         """A connector went offline (its MQTT last will) or came back.
@@ -262,6 +673,7 @@ class Engine:
         if idx.size == 0:
             return
         key = ",".join(sorted(machines))
+        self._timeline = None
         if state == "offline":
             self.offline_since[idx] = np.where(np.isnan(self.offline_since[idx]), ts, self.offline_since[idx])
             return
@@ -280,93 +692,237 @@ class Engine:
                                   np.concatenate([gap_from[np.isfinite(gap_from)], np.full(k, ts)]),
                                   np.concatenate([np.full(k, float(R_OFFLINE)), np.full(k, RESUME)]),
                                   np.full(2 * k, GOOD, np.int8)))
-            self._timeline = None
 
-    def _merge(self, now: float) -> None:
-        if self._pending:
-            parts = [(self._m, self._s, self._t, self._v, self._q), *self._pending]
-            self._pending = []
-            m = np.concatenate([p[0] for p in parts])
-            s = np.concatenate([p[1] for p in parts])
-            t = np.concatenate([p[2] for p in parts])
-            v = np.concatenate([p[3] for p in parts])
-            q = np.concatenate([p[4] for p in parts])
-            # One stable sort on a composite key: the log and each batch are sorted runs, which timsort
-            # merges in close to linear time (a three-key lexsort was the slowest step).
-            base = self.origin if self.origin is not None else float(t.min())
-            span = float(t.max() - base) + 1.0
-            order = np.argsort((m * 8 + s).astype(np.float64) * span + (t - base), kind="stable")
-            m, s, t, v, q = m[order], s[order], t[order], v[order], q[order]
-            same = np.zeros(len(t), np.bool_)
-            if len(t) > 1:
-                # An exact duplicate (same machine, signal, source time, value, quality) counts once.
-                same[1:] = (
-                    (m[1:] == m[:-1]) & (s[1:] == s[:-1]) & (t[1:] == t[:-1])
-                    & ((v[1:] == v[:-1]) | (np.isnan(v[1:]) & np.isnan(v[:-1]))) & (q[1:] == q[:-1])
-                )
-            self.stats.duplicates += int(same.sum())
-            keep = ~same
-            self._m, self._s, self._t, self._v, self._q = m[keep], s[keep], t[keep], v[keep], q[keep]
-        self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        """Forget samples older than the retention horizon, keeping each series' last one as its anchor."""
-        if self.origin is None or now - self.retention_s - DAY < self.origin:
-            return
-        new_origin = math.floor((now - self.retention_s) / 3600.0) * 3600.0
-        m, s, t = self._m, self._s, self._t
-        n = len(t)
-        if n == 0:
-            self.origin = new_origin
-            return
-        last_of_series = np.ones(n, np.bool_)
-        last_of_series[:-1] = (m[1:] != m[:-1]) | (s[1:] != s[:-1]) | (t[1:] >= new_origin)
-        keep = (t >= new_origin) | last_of_series
-        anchor = keep & (t < new_origin)
-        self._t = np.where(anchor, new_origin, t)[keep]
-        self._m, self._s, self._v, self._q = m[keep], s[keep], self._v[keep], self._q[keep]
-        self.origin = new_origin
-
-    # ------------------------------------------------------------------ derive
+    # ------------------------------------------------------------------ derive (incremental)
 
     def timeline(self, now: float) -> Timeline:
         if self._timeline is not None and self._timeline.now == now:
             return self._timeline
-        if self.origin is None:
-            self.origin = math.floor(now / 3600.0) * 3600.0 - self.retention_s
-        self._merge(now)
-        tl = self._derive(now)
+        self.advance(now)
+        tl = self._tail(now)
         self._timeline = tl
         return tl
 
-    def _derive(self, now: float) -> Timeline:
-        cp = self.cp
-        n_m = cp.n
-        origin = self.origin if self.origin is not None else now - self.retention_s
-        span = (now - origin) + 1.0
-        lm, ls, lt, lv, lq = self._m, self._s, self._t, self._v, self._q
-        past = lt < now
+    def advance(self, now: float) -> None:
+        """Derive every queued sample older than `now` into the tables (the tail is built separately)."""
+        if self.origin is None:
+            self.origin = math.floor(now / 3600.0) * 3600.0 - self.retention_s
+        if not self._ready:
+            self._init_arenas(self.origin)
+        for cal in self._cals:
+            cal.ensure(now + DAY)
+        if now - self.retention_s - DAY >= self.origin or now < self._derived_now:
+            self._rebuild_all(now)
+            return
+        if not self._pending:
+            self._derived_now = max(self._derived_now, now)
+            return
+        parts = self._pending
+        if len(parts) == 1:
+            m, s, t, v, q = parts[0]
+        else:
+            m, s, t, v, q = (np.concatenate([p[i] for p in parts]) for i in range(5))
+        due = t < now
+        if not due.all():
+            fut = ~due
+            self._pending = [(m[fut], s[fut], t[fut], v[fut], q[fut])]
+            m, s, t, v, q = m[due], s[due], t[due], v[due], q[due]
+        else:
+            self._pending = []
+        self._derived_now = now
+        if len(t) == 0:
+            return
+        # Machines with a sample older than what was already derived for them are re-derived from their log.
+        older = t < self.frontier[m]
+        if older.any():
+            redo = np.unique(m[older])
+            mark = np.zeros(self.cp.n, np.bool_)
+            mark[redo] = True
+            in_redo = mark[m]
+            self._rederive(redo, mark, (m[in_redo], s[in_redo], t[in_redo], v[in_redo], q[in_redo]))
+            rest = ~in_redo
+            m, s, t, v, q = m[rest], s[rest], t[rest], v[rest], q[rest]
+        if len(t) == 0:
+            return
+        assert self.origin is not None
+        m, s, t, v, q = _sort_mst(m, s, t, v, q, self._span, self.origin)
+        dup = _dup_mask(m, s, t, v, q)
+        # ... and against the newest derived sample of the same series
+        si = s.astype(np.int64)
+        lt, lv, lq = self._last_t[m, si], self._last_v[m, si], self._last_q[m, si]
+        dup |= (t == lt) & ((v == lv) | (np.isnan(v) & np.isnan(lv))) & (q == lq)
+        if dup.any():
+            self.stats.duplicates += int(dup.sum())
+            keep = ~dup
+            m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
+        self._log.append(m, s, t, v, q)
+        self._derive(m, s, t, v, q)
 
-        # --- counts
-        ctr = past & ((ls == TOTAL) | (ls == REJECT) | (ls == INPUT)) & (lq == GOOD)
-        cm, cs, ct, cv = lm[ctr], ls[ctr], lt[ctr], lv[ctr]
-        new_series = np.ones(len(ct), np.bool_)
-        new_series[1:] = (cm[1:] != cm[:-1]) | (cs[1:] != cs[:-1])
+    def _rederive(self, redo: I64, mark: B, new: Cols) -> None:
+        """Forget what was derived for `redo` and derive those machines again from their log plus `new`."""
+        assert self.origin is not None
+        self.stats.rederived_machines += len(redo)
+        lm, ls, lt, lv, lq = self._log.view()
+        sel = mark[lm]
+        old = (lm[sel], ls[sel], lt[sel], lv[sel], lq[sel])
+        k_old = len(old[0])
+        cols = tuple(np.concatenate([o, n_]) for o, n_ in zip(old, new, strict=True))
+        src = np.concatenate([np.zeros(k_old, np.int8), np.ones(len(new[0]), np.int8)])
+        g = cols[0] * N_SIGNALS + cols[1].astype(np.int64)
+        order = np.argsort(g.astype(np.float64) * self._span + (cols[2] - self.origin), kind="stable")
+        m, s, t, v, q = (c[order] for c in cols)
+        src = src[order]
+        dup = _dup_mask(m, s, t, v, q)  # only new rows can repeat an earlier one: the log has none
+        self.stats.duplicates += int(dup.sum())
+        add = (src == 1) & ~dup
+        self._log.append(m[add], s[add], t[add], v[add], q[add])
+        keep = ~dup
+        m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
+        self._forget(redo)
+        self._derive(m, s, t, v, q)
+
+    def _forget(self, ms: I64) -> None:
+        n_ctr = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
+        self._sa.truncate(ms, np.ones(len(ms), np.int64))  # the origin row stays
+        self._ca.truncate(n_ctr, np.zeros(len(n_ctr), np.int64))
+        self.frontier[ms] = -np.inf
+        self._ser_v[n_ctr] = np.nan
+        self._cend[:, n_ctr] = 0.0
+        self._last_t[ms], self._last_v[ms], self._last_q[ms] = np.nan, np.nan, -1
+        self._real_cls[ms], self._real_reason[ms] = -1, 0
+        self._last_count[ms] = -np.inf
+        self._cur_p[ms] = self.cp.default_product[ms]
+        self._prev_p[ms] = self.cp.default_product[ms]
+        self._cur_pt[ms] = -np.inf
+        self._run_pos[ms], self._run_t[ms] = -1, np.nan
+        self._resets[ms], self._rolls[ms] = 0, 0
+        self._seen[ms] = False
+
+    def _rebuild_all(self, now: float) -> None:
+        """Prune samples older than the retention horizon (each series keeps its last one as its anchor,
+        moved to the new origin) and derive everything again: once a day, or if `now` went backwards."""
+        self.stats.full_rebuilds += 1
+        lm, ls, lt, lv, lq = (a.copy() for a in self._log.view())
+        pend = self._pending
+        self._pending = []
+        assert self.origin is not None
+        origin = self.origin
+        if now - self.retention_s - DAY >= origin:
+            origin = math.floor((now - self.retention_s) / 3600.0) * 3600.0
+        self._reset_derived()
+        self._init_arenas(origin)
+        all_m = np.concatenate([lm, *[p[0] for p in pend]])
+        all_s = np.concatenate([ls, *[p[1] for p in pend]])
+        all_t = np.concatenate([lt, *[p[2] for p in pend]])
+        all_v = np.concatenate([lv, *[p[3] for p in pend]])
+        all_q = np.concatenate([lq, *[p[4] for p in pend]])
+        g = all_m * N_SIGNALS + all_s.astype(np.int64)
+        base = min(origin, float(all_t.min())) if len(all_t) else origin
+        span = float(all_t.max() - base) + 1.0 if len(all_t) else 1.0
+        order = np.argsort(g.astype(np.float64) * span + (all_t - base), kind="stable")
+        m, s, t, v, q = all_m[order], all_s[order], all_t[order], all_v[order], all_q[order]
+        dup = _dup_mask(m, s, t, v, q)
+        self.stats.duplicates += int(dup.sum())
+        keep = ~dup
+        m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
+        n = len(t)
+        if n:
+            last_of_series = np.ones(n, np.bool_)
+            last_of_series[:-1] = (m[1:] != m[:-1]) | (s[1:] != s[:-1]) | (t[1:] >= origin)
+            keep = (t >= origin) | last_of_series
+            t = np.where(keep & (t < origin), origin, t)
+            m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
+        fut = t >= now
+        if fut.any():
+            self._pending = [(m[fut], s[fut], t[fut], v[fut], q[fut])]
+            due = ~fut
+            m, s, t, v, q = m[due], s[due], t[due], v[due], q[due]
+        self._log.replace(m, s, t, v, q)
+        self._derived_now = now
+        self._derive(m, s, t, v, q)
+
+    def _derive(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> None:
+        """Append the rows of samples sorted by (machine, signal, time), all newer than what was derived for
+        their machines (or all of a machine's samples after `_forget`)."""
+        if len(t) == 0:
+            return
+        cp = self.cp
+        assert self.origin is not None
+        origin, span = self.origin, self._span
+        n_m = cp.n
+        good = q == GOOD
+        si = s.astype(np.int64)
+        # --- bookkeeping per machine: newest time, last sample of each series, signals seen
+        g = m * N_SIGNALS + si
+        last_g = np.ones(len(g), np.bool_)
+        last_g[:-1] = g[1:] != g[:-1]
+        lm_, ls_ = m[last_g], si[last_g]
+        self._last_t[lm_, ls_], self._last_v[lm_, ls_], self._last_q[lm_, ls_] = t[last_g], v[last_g], q[last_g]
+        self._seen[lm_, ls_] = True
+        np.maximum.at(self.frontier, lm_, t[last_g])
+
+        # --- counters: increments per series, with rollover and reset
+        k = _SIG_CTR[si]
+        ctr = (k >= 0) & good
+        cm, ck, ct, cv = m[ctr], k[ctr], t[ctr], v[ctr]
+        sid = cm * N_CTR + ck
+        first = np.ones(len(sid), np.bool_)
+        first[1:] = sid[1:] != sid[:-1]
         prev = np.empty_like(cv)
         prev[1:] = cv[:-1]
-        prev[:1] = 0.0
-        d = np.where(new_series, 0.0, cv - prev)
+        prev[first] = self._ser_v[sid[first]]
+        has = ~np.isnan(prev)
+        d = np.where(has, cv - prev, 0.0)
         mod = cp.counter_modulus[cm]
-        neg = (d < 0) & ~new_series
+        neg = has & (d < 0)
         roll = neg & (mod > 0) & (prev >= 0.9 * mod)
         reset = neg & ~roll
         d = np.where(roll, d + mod, np.where(reset, cv, d))
-        resets = np.bincount(cm[reset], minlength=n_m).astype(np.int64)
-        rolls = np.bincount(cm[roll], minlength=n_m).astype(np.int64)
+        if reset.any():
+            self._resets += np.bincount(cm[reset], minlength=n_m)
+        if roll.any():
+            self._rolls += np.bincount(cm[roll], minlength=n_m)
+        last_sid = np.ones(len(sid), np.bool_)
+        last_sid[:-1] = sid[1:] != sid[:-1]
+        self._ser_v[sid[last_sid]] = cv[last_sid]
+
+        # --- products: a count is of the product set strictly before it
+        psel = (s == PRODUCT) & good & np.isfinite(v)
+        pm, pt, pv = m[psel], t[psel], v[psel].astype(np.int64)
+        nz = d != 0
+        zm, zk, zt, zd = cm[nz], ck[nz], ct[nz], d[nz]
+        prod = np.where(self._cur_pt[zm] < zt, self._cur_p[zm], self._prev_p[zm])
+        if len(pm):
+            pkey = pm.astype(np.float64) * span + (pt - origin)
+            pi = np.searchsorted(pkey, zm.astype(np.float64) * span + (zt - origin), side="left") - 1
+            pic = np.clip(pi, 0, len(pm) - 1)
+            inb = (pi >= 0) & (pm[pic] == zm)
+            prod = np.where(inb, pv[pic], prod)
+            lastp = np.ones(len(pm), np.bool_)
+            lastp[:-1] = pm[1:] != pm[:-1]
+            li = np.flatnonzero(lastp)
+            mm = pm[li]
+            before = li - 1
+            has_b = (before >= 0) & (pm[np.maximum(before, 0)] == mm)
+            self._prev_p[mm] = np.where(has_b, pv[np.maximum(before, 0)], self._cur_p[mm])
+            self._cur_p[mm] = pv[li]
+            self._cur_pt[mm] = pt[li]
+        ideal = zd * cp.sec_per_unit[zm, prod]
+        if len(zd):
+            zseg = zm * N_CTR + zk
+            fz = np.ones(len(zseg), np.bool_)
+            fz[1:] = zseg[1:] != zseg[:-1]
+            vals = _seg_cumsum(np.stack([zd, ideal]), fz)
+            vals += self._cend[:, zseg]
+            self._ca.append(zseg, zt, cum=vals)
+            lz = np.ones(len(zseg), np.bool_)
+            lz[:-1] = zseg[1:] != zseg[:-1]
+            self._cend[:, zseg[lz]] = vals[:, lz]
+
         # --- state rows from samples
-        run_bit = cp.uses_run_bit[lm]
-        sel = past & (((ls == STATE) & ~run_bit) | ((ls == RUN) & run_bit) | (ls == GAP))
-        sm, st, sv, sq, ss = lm[sel], lt[sel], lv[sel], lq[sel], ls[sel]
+        run_bit = cp.uses_run_bit[m]
+        sel = ((s == STATE) & ~run_bit) | ((s == RUN) & run_bit) | (s == GAP)
+        sm, st, sv, sq, ss = m[sel], t[sel], v[sel], q[sel], s[sel]
         n_codes = cp.state_class.shape[1]
         code = np.where(np.isfinite(sv), sv, -1).astype(np.int64)
         in_range = (code >= 0) & (code < n_codes)
@@ -389,186 +945,320 @@ class Engine:
         # 1: a real state sample, 2: a RESUME row (takes the class of the latest real sample before it)
         srcflag = np.where(is_state | is_run, 1, np.where(gap & (sv == RESUME), 2, 0)).astype(np.int8)
 
-        # --- synthetic rows: origin (no data yet), offline/stale tails, terminal row at now
-        machines = np.arange(n_m, dtype=np.int64)
-        extra_m = [machines]
-        extra_t = [np.full(n_m, origin)]
-        extra_c = [np.full(n_m, UNKNOWN, np.int8)]
-        extra_r = [np.full(n_m, R_NO_DATA, np.int64)]
-        extra_p = [np.zeros(n_m, np.int8)]
-        off = np.isfinite(self.offline_since) & (self.offline_since < now)
-        if off.any():
-            extra_m.append(machines[off])
-            extra_t.append(self.offline_since[off])
-            extra_c.append(np.full(int(off.sum()), UNKNOWN, np.int8))
-            extra_r.append(np.full(int(off.sum()), R_OFFLINE, np.int64))
-            extra_p.append(np.full(int(off.sum()), 2, np.int8))
         # Machines without a state signal: running from each count, stopped once no count came for
         # no_count_stop_after_s (the stop starts at that moment, not at the last count).
-        cnt = (cs == TOTAL) & (d > 0) & cp.uses_counts[cm]
-        if cnt.any():
-            km, kt = cm[cnt], ct[cnt]
+        cnt = (ck == C_TOTAL) & (d > 0) & cp.uses_counts[cm]
+        km, kt = cm[cnt], ct[cnt]
+        if len(km):
+            kprev = np.empty_like(kt)
+            kprev[1:] = kt[:-1]
+            kfirst = np.ones(len(km), np.bool_)
+            kfirst[1:] = km[1:] != km[:-1]
+            kprev[kfirst] = self._last_count[km[kfirst]]
             gap_after = cp.no_count_stop_after[km]
-            nxt_c = np.empty_like(kt)
-            nxt_c[:-1] = kt[1:]
-            last_c = np.ones(len(kt), np.bool_)
-            last_c[:-1] = km[1:] != km[:-1]
-            nxt_c[last_c] = now
-            stops_at = (nxt_c - kt) > gap_after
-            extra_m += [km, km[stops_at]]
-            extra_t += [kt, kt[stops_at] + gap_after[stops_at]]
-            extra_c += [np.full(len(kt), RUNNING, np.int8), np.full(int(stops_at.sum()), UNPLANNED_STOP, np.int8)]
-            extra_r += [np.full(len(kt), R_NONE, np.int64), np.full(int(stops_at.sum()), R_NO_COUNT, np.int64)]
-            extra_p += [np.ones(len(kt), np.int8), np.ones(int(stops_at.sum()), np.int8)]
-        stale_after = self.policies.stale_after_s
-        if stale_after is not None and len(lt):
-            last_seen = np.full(n_m, -np.inf)
-            np.maximum.at(last_seen, lm[past], lt[past])
-            stale = np.isfinite(last_seen) & (last_seen + stale_after < now)
-            if stale.any():
-                extra_m.append(machines[stale])
-                extra_t.append(last_seen[stale] + stale_after)
-                extra_c.append(np.full(int(stale.sum()), UNKNOWN, np.int8))
-                extra_r.append(np.full(int(stale.sum()), R_STALE, np.int64))
-                extra_p.append(np.full(int(stale.sum()), 2, np.int8))
-        extra_m.append(machines)
-        extra_t.append(np.full(n_m, now))
-        extra_c.append(np.full(n_m, UNKNOWN, np.int8))
-        extra_r.append(np.full(n_m, R_NONE, np.int64))
-        extra_p.append(np.full(n_m, 3, np.int8))
-        # Concatenated in tie-break order (origin, samples, derived rows, tails, terminal), so a stable
-        # sort on (machine, time) keeps that order among rows at the same instant.
-        rm = np.concatenate([extra_m[0], sm, *extra_m[1:]])
-        rt = np.concatenate([extra_t[0], st, *extra_t[1:]])
-        rc = np.concatenate([extra_c[0], cls, *extra_c[1:]])
-        rr = np.concatenate([extra_r[0], reason, *extra_r[1:]])
-        rp = np.concatenate([extra_p[0], np.ones(len(st), np.int8), *extra_p[1:]])
-        rf = np.concatenate([np.zeros(len(extra_t[0]), np.int8), srcflag,
-                             np.zeros(sum(len(x) for x in extra_t[1:]), np.int8)])
-        order = np.argsort(_key(rm, rt, origin, span), kind="stable")
-        rm, rt, rc, rr, rp, rf = rm[order], rt[order], rc[order], rr[order], rp[order], rf[order]
+            stops_at = np.isfinite(kprev) & ((kt - kprev) > gap_after)
+            klast = np.ones(len(km), np.bool_)
+            klast[:-1] = km[1:] != km[:-1]
+            self._last_count[km[klast]] = kt[klast]
+            xm = [sm, km, km[stops_at]]
+            xt = [st, kt, kprev[stops_at] + gap_after[stops_at]]
+            xc = [cls, np.full(len(kt), RUNNING, np.int8), np.full(int(stops_at.sum()), UNPLANNED_STOP, np.int8)]
+            xr = [reason, np.full(len(kt), R_NONE, np.int64), np.full(int(stops_at.sum()), R_NO_COUNT, np.int64)]
+            xf = [srcflag, np.zeros(len(kt), np.int8), np.zeros(int(stops_at.sum()), np.int8)]
+        else:
+            xm, xt, xc, xr, xf = [sm], [st], [cls], [reason], [srcflag]
+        # The open stop of each touched machine is taken back and derived again with the new rows: its
+        # rows' class (micro or unplanned) is only known once it ends.
+        touched = np.unique(np.concatenate(xm)) if len(xm) > 1 or len(sm) else np.zeros(0, np.int64)
+        if len(touched) == 0:
+            return
+        sa = self._sa
+        rw = touched[self._run_pos[touched] >= 0]
+        if len(rw):
+            rstart = sa.start[rw] + self._run_pos[rw]
+            rcount = sa.len[rw] - self._run_pos[rw]
+            ridx = _ranges(rstart, rcount)
+            xm.insert(0, np.repeat(rw, rcount))
+            xt.insert(0, sa.t[ridx])
+            xc.insert(0, sa.cols["cls"][ridx])
+            xr.insert(0, sa.cols["reason"][ridx].astype(np.int64))
+            xf.insert(0, np.zeros(len(ridx), np.int8))
+            sa.truncate(rw, self._run_pos[rw])
+            self._run_pos[rw] = -1
+        rm = np.concatenate(xm)
+        rt = np.concatenate(xt)
+        rc = np.concatenate(xc).astype(np.int8)
+        rr = np.concatenate(xr).astype(np.int64)
+        rf = np.concatenate(xf)
+        rkey = rm.astype(np.float64) * span + (rt - origin)
+        if len(rkey) > 1 and not np.all(rkey[1:] >= rkey[:-1]):
+            order = np.argsort(rkey, kind="stable")
+            rm, rt, rc, rr, rf = rm[order], rt[order], rc[order], rr[order], rf[order]
+        n = len(rt)
+        pos = np.arange(n)
+        rfirst = np.ones(n, np.bool_)
+        rfirst[1:] = rm[1:] != rm[:-1]
+        # RESUME rows take the latest real state before them (in this step, or carried over)
+        real = rf == 1
         resume = rf == 2
         if resume.any():
-            rpos = np.arange(len(rt))
-            last_real = np.maximum.accumulate(np.where(rf == 1, rpos, -1))
-            ok = resume & (last_real >= 0) & (rm[np.maximum(last_real, 0)] == rm)
-            rc = np.where(ok, rc[np.maximum(last_real, 0)], rc).astype(np.int8)
-            rr = np.where(ok, rr[np.maximum(last_real, 0)], rr)
-        terminal = rp == 3
-
-        # --- micro stops: a run of consecutive unplanned rows shorter than the threshold
-        nxt_t = np.empty_like(rt)
-        nxt_t[:-1] = rt[1:]
-        nxt_t[-1] = now
-        dur = np.where(terminal, 0.0, nxt_t - rt)
+            seg_start = np.maximum.accumulate(np.where(rfirst, pos, 0))
+            last_real = np.maximum.accumulate(np.where(real, pos, -1))
+            inb = resume & (last_real >= seg_start)
+            carried = resume & ~inb & (self._real_cls[rm] >= 0)
+            lr = np.maximum(last_real, 0)
+            rc = np.where(inb, rc[lr], np.where(carried, self._real_cls[rm], rc)).astype(np.int8)
+            rr = np.where(inb, rr[lr], np.where(carried, self._real_reason[rm], rr))
+        if real.any():
+            rlast = np.zeros(n, np.bool_)
+            ri = np.flatnonzero(real)
+            rl = np.ones(len(ri), np.bool_)
+            rl[:-1] = rm[ri[1:]] != rm[ri[:-1]]
+            rlast[ri[rl]] = True
+            self._real_cls[rm[rlast]] = rc[rlast]
+            self._real_reason[rm[rlast]] = rr[rlast]
+        # previous row of each machine: the last one in the table
+        lpos = sa.last(touched)
+        tpos = np.full(n_m, -1, np.int64)
+        tpos[touched] = lpos
+        ppos = tpos[rm]
+        pcls = np.where(rfirst, sa.cols["cls"][ppos], np.roll(rc, 1)).astype(np.int8)
+        preason = np.where(rfirst, sa.cols["reason"][ppos].astype(np.int64), np.roll(rr, 1))
+        # Consecutive rows with the same class and reason are one row.
+        keep = (rc != pcls) | (rr != preason)
+        if not keep.all():
+            rm, rt, rc, rr = rm[keep], rt[keep], rc[keep], rr[keep]
+            n = len(rt)
+            pos = np.arange(n)
+            rfirst = np.ones(n, np.bool_)
+            rfirst[1:] = rm[1:] != rm[:-1]
+            ppos = tpos[rm]
+            pcls = np.where(rfirst, sa.cols["cls"][ppos], np.roll(rc, 1)).astype(np.int8)
+        if n == 0:
+            return
+        rlast = np.ones(n, np.bool_)
+        rlast[:-1] = rm[1:] != rm[:-1]
+        # --- micro stops: a run of consecutive unplanned rows shorter than the threshold. The row before
+        # a machine's first step row is never unplanned (an open stop was taken back above).
         unpl = rc == UNPLANNED_STOP
-        prev_unpl = np.zeros(len(rc), np.bool_)
-        prev_unpl[1:] = unpl[:-1] & (rm[1:] == rm[:-1])
-        run_start = unpl & ~prev_unpl
+        prev_u = np.zeros(n, np.bool_)
+        prev_u[1:] = unpl[:-1] & ~rfirst[1:]
+        run_start = unpl & ~prev_u
+        big = n + 1
+        nxt_nonu = np.minimum.accumulate(np.where(~unpl, pos, big)[::-1])[::-1]
+        end_i = np.minimum(nxt_nonu, n - 1)
+        closed = (nxt_nonu < big) & (rm[end_i] == rm)
+        dur = rt[end_i] - rt
+        micro_start = run_start & closed & (dur < cp.microstop_threshold[rm])
         run_id = np.cumsum(run_start) - 1
-        n_runs = int(run_start.sum())
-        run_dur = np.bincount(run_id[unpl], weights=dur[unpl], minlength=n_runs) if n_runs else np.zeros(0)
-        run_first = np.flatnonzero(run_start)
-        run_micro = run_dur < cp.microstop_threshold[rm[run_first]]
-        micro_rows = unpl & run_micro[np.clip(run_id, 0, max(n_runs - 1, 0))] if n_runs else unpl & False
-        rc = np.where(micro_rows, np.int8(MICRO_STOP), rc).astype(np.int8)
-        stop_start_row = run_start & ~micro_rows
+        if run_start.any():
+            micro_rows = unpl & micro_start[np.flatnonzero(run_start)][np.maximum(run_id, 0)]
+            rc = np.where(micro_rows, np.int8(MICRO_STOP), rc).astype(np.int8)
+            closed_rows = unpl & closed[np.flatnonzero(run_start)][np.maximum(run_id, 0)]
+        else:
+            closed_rows = np.zeros(n, np.bool_)
+        stop_start = run_start & closed & ~micro_start
+        # stop starts count where the calendar is in production (a boundary at t is already passed)
+        if stop_start.any():
+            ccls, _ = self._cal_state(rm[stop_start], rt[stop_start])
+            ok_prod = np.zeros(n, np.bool_)
+            ok_prod[np.flatnonzero(stop_start)] = ccls == CAL_PRODUCTION
+            stop_start &= ok_prod
+        # open stops: unplanned rows at a machine's end whose run has not ended
+        open_rows = unpl & ~closed_rows
+        # --- cumulative production seconds per class and stops before each row
+        pt_prev = sa.t[ppos]
+        tprev = np.where(rfirst, pt_prev, np.roll(rt, 1))
+        pcls_final = np.where(rfirst, pcls, np.roll(rc, 1)).astype(np.int64)
+        pflag = np.where(rfirst, sa.cols["flag"][ppos], np.roll(stop_start.astype(np.int8), 1))
+        p_now = self._prod(rm, rt)
+        p_prev = self._prod(rm, tprev)
+        contrib = np.zeros((N_CLASSES, n))
+        contrib[pcls_final, pos] = p_now - p_prev
+        scum = _seg_cumsum(contrib, rfirst) + sa.cols["scum"][:, ppos]
+        stops = _seg_cumsum(pflag.astype(np.float64)[None, :], rfirst)[0] + sa.cols["stops"][ppos]
+        apos = sa.append(rm, rt, cls=rc, reason=rr.astype(np.int32), scum=scum, stops=stops,
+                         flag=stop_start.astype(np.int8))
+        # carry the open stop (its first row's index in the segment)
+        om = rm[rlast]
+        self._run_pos[om] = -1
+        self._run_t[om] = np.nan
+        ostart = open_rows & ~prev_u & run_start
+        if ostart.any():
+            oi = np.flatnonzero(ostart)
+            mm = rm[oi]
+            self._run_pos[mm] = apos[oi] - sa.start[mm]
+            self._run_t[mm] = rt[oi]
 
-        # --- calendar overlay: calendar boundaries become rows that carry the machine's state forward
-        cal_m, cal_t, cal_c = [], [], []
-        for ci, cname in enumerate(cp.calendar_names):
-            members = machines[cp.calendar_of == ci]
-            if members.size == 0:
-                continue
-            bt, bc = calendar_boundaries(self.plant.calendars[cname], origin, now)
-            cal_m.append(np.repeat(members, len(bt)))
-            cal_t.append(np.tile(bt, members.size))
-            cal_c.append(np.tile(bc, members.size))
-        k_state = len(rt)
-        n_cal = sum(len(x) for x in cal_t)
-        # Calendar rows first: at equal times a calendar boundary sorts before a state change, so a stop
-        # that starts exactly when a shift starts is seen inside the shift.
-        am = np.concatenate([*cal_m, rm])
-        at = np.concatenate([*cal_t, rt])
-        kind = np.concatenate([np.zeros(n_cal, np.int8), np.where(terminal, 2, 1).astype(np.int8)])
-        src = np.concatenate([np.full(n_cal, -1), np.arange(k_state)])
-        calv = np.concatenate([*cal_c, np.full(k_state, -1, np.int8)]) if cal_c else np.full(k_state, -1, np.int8)
-        order = np.argsort(_key(am, at, origin, span), kind="stable")
-        am, at, kind, src, calv = am[order], at[order], kind[order], src[order], calv[order]
-        pos = np.arange(len(at))
-        last_state = np.maximum.accumulate(np.where(src >= 0, pos, 0))
-        state_row = src[last_state]
-        last_cal = np.maximum.accumulate(np.where(calv >= 0, pos, 0))
-        cal_now = np.where(calv[last_cal] >= 0, calv[last_cal], CAL_PRODUCTION)
-        # Rows of one machine before its first calendar row (only the origin row, zero long) keep state.
-        first_of_m = np.ones(len(am), np.bool_)
-        first_of_m[1:] = am[1:] != am[:-1]
-        seen_cal = np.maximum.accumulate(np.where(first_of_m, pos, 0)) <= last_cal
-        cal_now = np.where(seen_cal, cal_now, CAL_PRODUCTION)
-        fcls = np.where(cal_now == CAL_PRODUCTION, rc[state_row],
-                        np.where(cal_now == CAL_EXCLUDED, PLANNED_EXCLUDED, UNSCHEDULED)).astype(np.int8)
-        freason = np.where(cal_now == CAL_PRODUCTION, rr[state_row],
-                           np.where(cal_now == CAL_EXCLUDED, R_BREAK, R_UNSCHEDULED))
-        is_stop_start = np.zeros(len(am), np.bool_)
-        is_stop_start[src >= 0] = stop_start_row[src[src >= 0]]
-        is_stop_start &= fcls == UNPLANNED_STOP
-        a_term = kind == 2
-        nxt = np.empty_like(at)
-        nxt[:-1] = at[1:]
-        nxt[-1] = now
-        adur = np.where(a_term, 0.0, nxt - at)
-        # (classes, rows): a cumsum along contiguous rows is several times faster than down columns.
-        contrib = np.zeros((N_CLASSES, len(at)))
-        contrib[fcls, pos] = adur
-        scum = np.cumsum(contrib, axis=1) - contrib
-        skey = _key(am, at, origin, span)
+    # ------------------------------------------------------------------ the open end, at now
 
-        # --- current state per machine: the row before the terminal row, and since when it holds
-        term_idx = np.flatnonzero(a_term)
-        cur = term_idx - 1
-        changed = np.ones(len(am), np.bool_)
-        changed[1:] = (am[1:] != am[:-1]) | (fcls[1:] != fcls[:-1]) | (freason[1:] != freason[:-1])
-        seg_start = np.maximum.accumulate(np.where(changed, pos, 0))
-        cur_cls = fcls[cur].astype(np.int64)
-        cur_reason = freason[cur].astype(np.int64)
-        cur_since = at[seg_start[cur]]
-
-        # The product active at each count is the last product sample strictly before it: a counter
-        # value read at the moment of a product change still counts parts of the old product.
-        psel = past & (ls == PRODUCT) & (lq == GOOD) & np.isfinite(lv)
-        pm, pt, pv = lm[psel], lt[psel], lv[psel]
-        pkey = _key(pm, pt, origin, span)
-        ckey_raw = _key(cm, ct, origin, span)
-        pi = np.searchsorted(pkey, ckey_raw, side="left") - 1
-        has_p = (pi >= 0) & (pm[np.clip(pi, 0, max(len(pm) - 1, 0))] == cm) if len(pm) else np.zeros(len(cm), bool)
-        prod = np.where(has_p, pv[np.clip(pi, 0, max(len(pm) - 1, 0))] if len(pm) else 0,
-                        cp.default_product[cm]).astype(np.int64)
-        spu = cp.sec_per_unit[cm, prod]
-        corder = np.argsort(ckey_raw, kind="stable")
-        ckey = ckey_raw[corder]
-        d_o, cs_o, spu_o = d[corder], cs[corder], spu[corder]
-        vals = np.zeros((5, len(ct)))
-        vals[0] = np.where(cs_o == TOTAL, d_o, 0.0)
-        vals[1] = np.where(cs_o == REJECT, d_o, 0.0)
-        vals[2] = np.where(cs_o == INPUT, d_o, 0.0)
-        vals[3] = vals[0] * spu_o
-        vals[4] = vals[1] * spu_o
-        ccum = np.zeros((5, len(ct) + 1))
-        np.cumsum(vals, axis=1, out=ccum[:, 1:])
-        # current product
-        last_p = np.searchsorted(pkey, _key(machines, now, origin, span), side="left") - 1
-        okp = (last_p >= 0) & (pm[np.clip(last_p, 0, max(len(pm) - 1, 0))] == machines) if len(pm) else \
-            np.zeros(n_m, bool)
-        cur_product = np.where(okp, pv[np.clip(last_p, 0, max(len(pm) - 1, 0))] if len(pm) else 0,
-                               cp.default_product).astype(np.int64)
+    def _tail(self, now: float) -> Timeline:
+        cp = self.cp
+        n_m = cp.n
+        assert self.origin is not None
+        origin = self.origin
+        machines = np.arange(n_m, dtype=np.int64)
+        sa = self._sa
+        lpos = sa.last(machines)
+        t0 = sa.t[lpos]
+        c0 = sa.cols["cls"][lpos].astype(np.int8)
+        r0 = sa.cols["reason"][lpos].astype(np.int64)
+        # transient rows, in the order that breaks ties: offline, no count, stale
+        off = self.offline_since
+        off_ok = np.isfinite(off) & (off < now) & (off >= t0)
+        nc_t = self._last_count + cp.no_count_stop_after
+        nc_ok = cp.uses_counts & np.isfinite(self._last_count) & (nc_t < now) & (nc_t >= t0)
+        stale_after = self.policies.stale_after_s
+        if stale_after is not None:
+            st_t = self.frontier + stale_after
+            st_ok = np.isfinite(self.frontier) & (st_t < now)
+        else:
+            st_t = np.full(n_m, np.inf)
+            st_ok = np.zeros(n_m, np.bool_)
+        xt = np.stack([np.where(off_ok, off, now), np.where(nc_ok, nc_t, now), np.where(st_ok, st_t, now)], axis=1)
+        xc = np.stack([np.where(off_ok, UNKNOWN, UNKNOWN), np.where(nc_ok, UNPLANNED_STOP, UNKNOWN),
+                       np.full(n_m, UNKNOWN)], axis=1).astype(np.int8)
+        xr = np.stack([np.where(off_ok, R_OFFLINE, R_NONE), np.where(nc_ok, R_NO_COUNT, R_NONE),
+                       np.where(st_ok, R_STALE, R_NONE)], axis=1).astype(np.int64)
+        xp = np.stack([off_ok, nc_ok, st_ok], axis=1)
+        order = np.argsort(xt, axis=1, kind="stable")
+        xt = np.take_along_axis(xt, order, 1)
+        xc = np.take_along_axis(xc, order, 1)
+        xr = np.take_along_axis(xr, order, 1)
+        xp = np.take_along_axis(xp, order, 1)
+        tt = np.concatenate([t0[:, None], xt, np.full((n_m, 1), now)], axis=1)
+        tc = np.concatenate([c0[:, None], xc], axis=1)
+        tr = np.concatenate([r0[:, None], xr], axis=1)
+        present = np.concatenate([np.ones((n_m, 1), np.bool_), xp], axis=1)
+        # stops in the tail: the open stop (it began at run_t, in the table) and a no-count stop
+        u = (tc == UNPLANNED_STOP) & present
+        has_run = self._run_pos >= 0
+        starts = np.empty((n_m, N_TAIL))
+        cur = np.where(u[:, 0] & has_run, self._run_t, tt[:, 0])
+        starts[:, 0] = cur
+        for j in range(1, N_TAIL):
+            cur = np.where(u[:, j] & u[:, j - 1], cur, tt[:, j])
+            starts[:, j] = cur
+        ends = np.empty((n_m, N_TAIL))
+        nxt = np.full(n_m, now)
+        for j in range(N_TAIL - 1, -1, -1):
+            ends[:, j] = nxt
+            nxt = np.where(u[:, j], nxt, tt[:, j])
+        micro = u & ((ends - starts) < cp.microstop_threshold[:, None])
+        tc = np.where(micro, np.int8(MICRO_STOP), tc).astype(np.int8)
+        first_of_run = u.copy()
+        first_of_run[:, 1:] &= ~u[:, :-1]
+        counted = first_of_run & ~micro
+        stop_t = np.where(counted, starts, np.inf)
+        if counted.any():
+            ci = np.flatnonzero(counted.ravel())
+            ccls, _ = self._cal_state(np.repeat(machines, N_TAIL)[ci], stop_t.ravel()[ci])
+            flat = stop_t.ravel()
+            flat[ci[ccls != CAL_PRODUCTION]] = np.inf
+            stop_t = flat.reshape(n_m, N_TAIL)
+        fix = u[:, 0] & micro[:, 0] & has_run
+        rep = np.repeat(machines, N_TAIL + 1)
+        tp = self._prod(rep, tt.ravel()).reshape(n_m, N_TAIL + 1)
+        run_t = np.where(fix, self._run_t, t0)
+        run_p = self._prod(machines, run_t)
+        # current state: the last present tail row, under the calendar at now
+        jcur = N_TAIL - 1 - np.argmax(present[:, ::-1], axis=1)
+        cur_c = tc[machines, jcur].astype(np.int64)
+        cur_r = tr[machines, jcur]
+        since = tt[machines, jcur]
+        for j in range(N_TAIL - 1, 0, -1):
+            back = (jcur >= j) & present[:, j - 1] & (tc[:, j - 1] == cur_c) & (tr[:, j - 1] == cur_r) & \
+                (since == tt[:, j])
+            since = np.where(back, tt[:, j - 1], since)
+        cal_cls, cal_since = self._cal_state(machines, np.full(n_m, now))
+        prod_now = cal_cls == CAL_PRODUCTION
+        cur_cls = np.where(prod_now, cur_c, np.where(cal_cls == CAL_EXCLUDED, PLANNED_EXCLUDED, UNSCHEDULED))
+        cur_reason = np.where(prod_now, cur_r, np.where(cal_cls == CAL_EXCLUDED, R_BREAK, R_UNSCHEDULED))
+        cur_since = np.where(prod_now, np.maximum(since, cal_since), cal_since)
+        seen = self._seen
+        derive_reject = seen[:, GOOD_COUNT] & seen[:, TOTAL] & ~seen[:, REJECT]
+        derive_total = seen[:, GOOD_COUNT] & seen[:, REJECT] & ~seen[:, TOTAL]
         return Timeline(
-            now=now, sm=am, st=at, scls=fcls, sreason=freason, skey=skey, scum=scum,
-            stop_key=np.sort(skey[is_stop_start]), ckey=ckey, ccum=ccum, span=span, origin=origin,
-            cur_cls=cur_cls, cur_reason=cur_reason, cur_since=cur_since, cur_product=cur_product,
-            resets=resets, rollovers=rolls,
+            now=now, origin=origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
+            run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t, cur_cls=cur_cls.astype(np.int64),
+            cur_reason=cur_reason.astype(np.int64), cur_since=cur_since, cur_product=self._cur_p.copy(),
+            resets=self._resets.copy(), rollovers=self._rolls.copy(), derive_reject=derive_reject,
+            derive_total=derive_total,
         )
 
+    # ------------------------------------------------------------------ look-ups
+
+    def _state_at(self, tl: Timeline, m: I64, x: F64) -> tuple[F64, F64]:
+        """Seconds per class in [origin, x) and counted stops starting before x, for each (m, x)."""
+        sa = self._sa
+        n = len(x)
+        pos = sa.search(m, x, "right") - 1
+        lpos = tl.last_pos[m]
+        pos = np.minimum(pos, lpos)
+        out = sa.cols["scum"][:, pos].T.copy()
+        stops = sa.cols["stops"][pos] + ((sa.cols["flag"][pos] == 1) & (sa.t[pos] < x))
+        px = self._prod(m, x)
+        rows = np.arange(n)
+        body = pos < lpos
+        if body.any():
+            b = np.flatnonzero(body)
+            out[b, sa.cols["cls"][pos[b]]] += px[b] - self._prod(m[b], sa.t[pos[b]])
+        tail = ~body
+        if tail.any():
+            ti = rows[tail]
+            mt = m[tail]
+            pxt = px[tail]
+            xt_ = x[tail]
+            for j in range(N_TAIL):
+                lo, hi = tl.tt[mt, j], tl.tt[mt, j + 1]
+                inside = xt_ > lo
+                add = np.where(inside, np.where(xt_ >= hi, tl.tp[mt, j + 1], pxt) - tl.tp[mt, j], 0.0)
+                out[ti, tl.tc[mt, j]] += add
+        fa = tl.fix[m] & (x > tl.run_t[m])
+        if fa.any():
+            f = np.flatnonzero(fa)
+            mf = m[f]
+            amt = np.where(x[f] >= tl.tt[mf, 0], tl.fix_p_end[mf], px[f]) - tl.run_p[mf]
+            out[f, UNPLANNED_STOP] -= amt
+            out[f, MICRO_STOP] += amt
+        out[:, UNSCHEDULED] += self._cal_eval(m, x, 0)
+        out[:, PLANNED_EXCLUDED] += self._cal_eval(m, x, CAL_EXCLUDED)
+        stops = stops + (tl.tail_stops[m] < x[:, None]).sum(axis=1)
+        return out, stops
+
+    def _counts_at(self, m: I64, x: F64) -> F64:
+        """(2 * N_CTR, n): cumulative increments and ideal seconds of each counter before x."""
+        ca = self._ca
+        n = len(x)
+        seg = (m[:, None] * N_CTR + np.arange(N_CTR)).ravel()
+        xx = np.repeat(x, N_CTR)
+        i = ca.search(seg, xx, "left")
+        has = i > ca.start[seg]
+        vals = np.where(has, ca.cols["cum"][:, np.maximum(i - 1, 0)], 0.0)  # (2, n * N_CTR)
+        return vals.reshape(2, n, N_CTR).transpose(0, 2, 1).reshape(2 * N_CTR, n)
+
     # ------------------------------------------------------------------ windows
+
+    def _calendar_spans(self, ci: int, now: float, horizon: float) -> list[tuple[int, float, float, str | None]]:
+        """(kind: 0 shift / 1 day / 2 hour, start, full end, shift name) of the calendar's hours, days and
+        shifts near now; expanded from the calendar once per few hours, not per tick."""
+        cname = self.cp.calendar_names[ci]
+        key = (ci, cname)
+        cached = self._win_cache.get(key)
+        if cached is None or not (cached[0] <= horizon - 2 * DAY and now + 1.0 <= cached[1]):
+            cal = self.plant.calendars[cname]
+            lo, hi = horizon - 3 * DAY, now + 6 * 3600.0
+            spans: list[tuple[int, float, float, str | None]] = [
+                (0, s.start, s.end, s.name) for s in shift_instances(cal, lo, hi)]
+            for unit, kk in (("day", 1), ("hour", 2)):
+                f = local_floor(lo, cal.timezone, unit)
+                while f < hi:
+                    nxt = local_next(f, cal.timezone, unit)
+                    spans.append((kk, f, nxt, None))
+                    f = nxt
+            cached = (lo + DAY, hi, spans)
+            self._win_cache[key] = cached
+        return cached[2]
 
     def windows(self, now: float) -> WindowSet:
         """Rolling windows ending at now, plus every local hour, shift and day touching the lateness
@@ -576,95 +1266,116 @@ class Engine:
         cp = self.cp
         n_m = cp.n
         machines = np.arange(n_m, dtype=np.int64)
+        n_roll = len(self.plant.rolling_windows)
         kinds: list[str] = [w.name for w in self.plant.rolling_windows] + ["shift", "day", "hour"]
-        wm: list[I64] = []
-        wk: list[I64] = []
-        wa: list[F64] = []
-        wb: list[F64] = []
-        wshift: list[str | None] = []
-        for k, w in enumerate(self.plant.rolling_windows):
-            wm.append(machines)
-            wk.append(np.full(n_m, k))
-            wa.append(np.full(n_m, now - w.seconds))
-            wb.append(np.full(n_m, now))
-            wshift.extend([None] * n_m)
+        wm: list[I64] = [np.tile(machines, n_roll)]
+        wk: list[I64] = [np.repeat(np.arange(n_roll, dtype=np.int64), n_m)]
+        wa: list[F64] = [np.repeat(np.array([now - w.seconds for w in self.plant.rolling_windows]), n_m)]
+        wb: list[F64] = [np.full(n_m * n_roll, now)]
+        wshift: list[str | None] = [None] * (n_m * n_roll)
         horizon = now - self.policies.allowed_lateness_s
-        k_shift, k_day, k_hour = len(kinds) - 3, len(kinds) - 2, len(kinds) - 1
-        for ci, cname in enumerate(cp.calendar_names):
+        for ci in range(len(cp.calendar_names)):
             members = machines[cp.calendar_of == ci]
             if members.size == 0:
                 continue
-            cal = self.plant.calendars[cname]
-            spans: list[tuple[int, float, float, str | None]] = []
-            shifts = [s for s in shift_instances(cal, now - 2 * DAY, now + 1.0) if s.start <= now]
-            recent = [s for s in shifts if s.end > horizon]
+            spans = self._calendar_spans(ci, now, horizon)
+            shifts = [s for s in spans if s[0] == 0 and s[1] <= now]
+            recent = [s for s in shifts if s[2] > horizon]
             if not recent and shifts:
-                recent = [shifts[-1]]
-            spans += [(k_shift, s.start, min(s.end, now), s.name) for s in recent]
-            for unit, kk in (("day", k_day), ("hour", k_hour)):
-                f = local_floor(horizon, cal.timezone, unit)
-                while f < now:
-                    spans.append((kk, f, min(local_next(f, cal.timezone, unit), now), None))
-                    f = local_next(f, cal.timezone, unit)
-            for kk, a, b, name in spans:
+                recent = [max(shifts, key=lambda s: s[1])]
+            chosen = recent + [s for s in spans if s[0] > 0 and s[1] < now and s[2] > horizon]
+            for kk, a, b, name in chosen:
                 wm.append(members)
-                wk.append(np.full(members.size, kk))
+                wk.append(np.full(members.size, n_roll + kk))
                 wa.append(np.full(members.size, a))
-                wb.append(np.full(members.size, b))
+                wb.append(np.full(members.size, min(b, now)))
                 wshift.extend([name] * members.size)
         return WindowSet(np.concatenate(wm), np.concatenate(wk), np.concatenate(wa), np.concatenate(wb),
                          tuple(kinds), tuple(wshift))
 
     def aggregate(self, tl: Timeline, w: WindowSet) -> F64:
-        """Additive features (formulas.N_FEATURES) of every window row, two look-ups per table."""
-        a = np.maximum(w.start, tl.origin)
-        b = np.minimum(w.end, tl.now)
-        ka = _key(w.machine, a, tl.origin, tl.span)
-        kb = _key(w.machine, b, tl.origin, tl.span)
-        # Binary searches with sorted needles walk the table in order: about 3x faster than random ones.
-        oa, ob = np.argsort(ka, kind="stable"), np.argsort(kb, kind="stable")
-        x = np.zeros((len(a), fx.N_FEATURES))
-        x[:, :N_CLASSES] = self._class_seconds(tl, b, kb, ob) - self._class_seconds(tl, a, ka, oa)
+        """Additive features (formulas.N_FEATURES) of every window row: look-ups at both ends, subtracted."""
+        a = np.clip(w.start, tl.origin, tl.now)
+        b = np.clip(w.end, tl.origin, tl.now)
+        n = len(a)
+        mm = np.concatenate([w.machine, w.machine])
+        xx = np.concatenate([a, b])
+        sec, stops = self._state_at(tl, mm, xx)
+        cnt = self._counts_at(mm, xx)
+        x = np.zeros((n, fx.N_FEATURES))
+        x[:, :N_CLASSES] = sec[n:] - sec[:n]
         # Time before the engine's origin is outside its memory: it counts as unknown.
-        x[:, UNKNOWN] += a - w.start
-        ia = _sorted_search(tl.ckey, ka, oa, "left")
-        ib = _sorted_search(tl.ckey, kb, ob, "left")
-        c = tl.ccum[:, ib] - tl.ccum[:, ia]
-        x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = c[0], c[1], c[2]
-        x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = c[3], c[4]
-        x[:, fx.STOPS] = (_sorted_search(tl.stop_key, kb, ob, "left") - _sorted_search(tl.stop_key, ka, oa, "left"))
+        x[:, UNKNOWN] += a - np.minimum(w.start, a)
+        c = cnt[:, n:] - cnt[:, :n]
+        total, reject, inp, good = c[C_TOTAL], c[C_REJECT], c[C_INPUT], c[C_GOOD]
+        i_total, i_reject, i_good = c[N_CTR + C_TOTAL], c[N_CTR + C_REJECT], c[N_CTR + C_GOOD]
+        # A PLC that counts good parts instead of rejects (or instead of totals): the missing counter is
+        # the difference, so quality stays good / total (OEE-SEMANTICS.md section 2, "reported directly").
+        dr = tl.derive_reject[w.machine]
+        dt = tl.derive_total[w.machine]
+        reject = np.where(dr, total - good, reject)
+        i_reject = np.where(dr, i_total - i_good, i_reject)
+        total = np.where(dt, good + reject, total)
+        i_total = np.where(dt, i_good + i_reject, i_total)
+        x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = total, reject, inp
+        x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = i_total, i_reject
+        x[:, fx.STOPS] = stops[n:] - stops[:n]
         x[:, fx.WINDOW] = w.end - w.start
         return x
 
-    @staticmethod
-    def _class_seconds(tl: Timeline, t: F64, k: F64, order: I64) -> F64:
-        i = _sorted_search(tl.skey, k, order, "right") - 1
-        out = tl.scum[:, i].T.copy()
-        out[np.arange(len(i)), tl.scls[i]] += t - tl.st[i]
-        return out
+    def _pieces(self, tl: Timeline, m: I64, a: F64, b: F64, *, clip_start: bool = True
+                ) -> tuple[I64, F64, F64, I8, I64]:
+        """(window row, start, end, final class, reason) of the state rows overlapping each [a, b), clipped
+        (state classes only: the calendar is applied by the callers)."""
+        sa = self._sa
+        lpos = tl.last_pos[m]
+        ia = np.minimum(sa.search(m, a, "right") - 1, lpos)
+        ib = np.minimum(sa.search(m, b, "left"), lpos)  # committed rows [ia, ib) end before the last row
+        cnt = np.maximum(ib - ia, 0)
+        rows = np.repeat(np.arange(len(a)), cnt)
+        j = _ranges(ia, cnt)
+        p0 = sa.t[j]
+        p1 = sa.t[j + 1]
+        pc = sa.cols["cls"][j].astype(np.int8)
+        pr = sa.cols["reason"][j].astype(np.int64)
+        mj = m[rows]
+        in_run = tl.fix[mj] & (p0 >= tl.run_t[mj])
+        pc = np.where(in_run, np.int8(MICRO_STOP), pc).astype(np.int8)
+        tr_rows = [rows]
+        t0s, t1s, cs, rs = [p0], [p1], [pc], [pr]
+        idx = np.arange(len(a))
+        for jj in range(N_TAIL):
+            lo, hi = tl.tt[m, jj], tl.tt[m, jj + 1]
+            ok = (hi > lo) & (hi > a) & (lo < b)
+            tr_rows.append(idx[ok])
+            t0s.append(lo[ok])
+            t1s.append(hi[ok])
+            cs.append(tl.tc[m[ok], jj])
+            rs.append(tl.tr[m[ok], jj])
+        r = np.concatenate(tr_rows)
+        t0 = np.concatenate(t0s)
+        if clip_start:
+            t0 = np.maximum(t0, a[r])
+        t1 = np.minimum(np.concatenate(t1s), b[r])
+        return r, t0, t1, np.concatenate(cs).astype(np.int8), np.concatenate(rs)
 
     def downtime_by_reason(self, tl: Timeline, w: WindowSet) -> dict[int, dict[str, float]]:
-        """Seconds of planned, unplanned and micro stops per reason for every window row."""
-        a = np.maximum(w.start, tl.origin)
-        b = np.minimum(w.end, tl.now)
-        ia = np.searchsorted(tl.skey, _key(w.machine, a, tl.origin, tl.span), side="right") - 1
-        ib = np.searchsorted(tl.skey, _key(w.machine, b, tl.origin, tl.span), side="left")
-        counts = np.maximum(ib - ia, 0)
-        rows = np.repeat(np.arange(len(a)), counts)
-        offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        j = np.repeat(ia, counts) + offs
-        stop = np.isin(tl.scls[j], (PLANNED_STOP, UNPLANNED_STOP, MICRO_STOP))
-        rows, j = rows[stop], j[stop]
-        nxt = np.minimum(tl.st[np.minimum(j + 1, len(tl.st) - 1)], b[rows])
-        ov = np.maximum(nxt - np.maximum(tl.st[j], a[rows]), 0.0)
+        """Production seconds of planned, unplanned and micro stops per reason for every window row."""
+        a = np.clip(w.start, tl.origin, tl.now)
+        b = np.clip(w.end, tl.origin, tl.now)
+        r, t0, t1, c, rs = self._pieces(tl, w.machine, a, b)
+        stop = np.isin(c, (PLANNED_STOP, UNPLANNED_STOP, MICRO_STOP)) & (t1 > t0)
+        r, t0, t1, rs = r[stop], t0[stop], t1[stop], rs[stop]
+        mr = w.machine[r]
+        sec = self._prod(mr, t1) - self._prod(mr, t0)
         out: dict[int, dict[str, float]] = {}
         reasons = self.cp.reasons
-        for r, reason_i, sec in zip(rows.tolist(), tl.sreason[j].tolist(), ov.tolist(), strict=True):
-            if sec <= 0:
+        for row, reason_i, s in zip(r.tolist(), rs.tolist(), sec.tolist(), strict=True):
+            if s <= 0:
                 continue
-            d = out.setdefault(r, {})
+            d = out.setdefault(row, {})
             name = reasons[reason_i] or "unspecified"
-            d[name] = d.get(name, 0.0) + sec
+            d[name] = d.get(name, 0.0) + s
         return out
 
     # ------------------------------------------------------------------ results
@@ -684,28 +1395,84 @@ class Engine:
         self.stats.counter_rollovers = {self.cp.machine_ids[i]: int(c) for i, c in enumerate(tl.rollovers) if c}
         return out
 
+
     def state_intervals(self, now: float, since: float) -> list[tuple[str, float, float | None, str, str | None]]:
         """(machine, start, end or None while open, time class, reason) of every state interval that ends
-        after `since`: consecutive timeline rows with the same class and reason form one interval."""
+        after `since`: consecutive pieces with the same class and reason (after the calendar) form one."""
         tl = self.timeline(now)
-        n = len(tl.st)
+        cp = self.cp
+        n_m = cp.n
+        machines = np.arange(n_m, dtype=np.int64)
+        s0 = np.full(n_m, min(max(since, tl.origin), now))
+        # Where the interval containing `since` begins: a calendar boundary, or (in production time) the
+        # start of the state row containing it -- so the start does not move from one call to the next.
+        cal_cls, cal_since = self._cal_state(machines, s0)
+        r, t0, _t1, _c, _r = self._pieces(tl, machines, s0, np.full(n_m, now), clip_start=False)
+        first_start = np.full(n_m, np.nan)
+        if len(r):
+            fr = np.ones(len(r), np.bool_)
+            fr[1:] = r[1:] != r[:-1]
+            order = np.lexsort((t0, r))
+            rr, tt0 = r[order], t0[order]
+            fr = np.ones(len(rr), np.bool_)
+            fr[1:] = rr[1:] != rr[:-1]
+            first_start[rr[fr]] = tt0[fr]
+        from_t = np.where(cal_cls == CAL_PRODUCTION, np.maximum(np.nan_to_num(first_start, nan=-np.inf), cal_since),
+                          cal_since)
+        from_t = np.minimum(np.maximum(from_t, tl.origin), s0)
+        r, t0, t1, c, rs = self._pieces(tl, machines, from_t, np.full(n_m, now))
+        keep = t1 > t0
+        r, t0, t1, c, rs = r[keep], t0[keep], t1[keep], c[keep], rs[keep]
+        # split at calendar boundaries, then the calendar decides outside production time
+        pm_l, p0_l, p1_l, pc_l, pr_l = [], [], [], [], []
+        cal_of = cp.calendar_of[r]
+        for ci, cal in enumerate(self._cals):
+            sel = np.flatnonzero(cal_of == ci)
+            if not len(sel):
+                continue
+            a0, a1 = t0[sel], t1[sel]
+            i0 = np.searchsorted(cal.bt, a0, side="right")
+            i1 = np.searchsorted(cal.bt, a1, side="left")
+            k = np.maximum(i1 - i0, 0) + 1
+            rep = np.repeat(sel, k)
+            offs = _ranges(np.zeros(len(sel), np.int64), k)
+            bidx = np.repeat(i0, k) + offs - 1  # boundary before each sub-piece (-1 for the first)
+            sub0 = np.where(offs == 0, np.repeat(a0, k), cal.bt[np.clip(bidx, 0, len(cal.bt) - 1)])
+            last = offs == k.repeat(k) - 1
+            sub1 = np.where(last, np.repeat(a1, k), cal.bt[np.clip(bidx + 1, 0, len(cal.bt) - 1)])
+            ccls = cal.bc[cal.index(sub0)]
+            fc = np.where(ccls == CAL_PRODUCTION, c[rep], np.where(ccls == CAL_EXCLUDED, PLANNED_EXCLUDED, UNSCHEDULED))
+            fr_ = np.where(ccls == CAL_PRODUCTION, rs[rep], np.where(ccls == CAL_EXCLUDED, R_BREAK, R_UNSCHEDULED))
+            pm_l.append(r[rep])
+            p0_l.append(sub0)
+            p1_l.append(sub1)
+            pc_l.append(fc)
+            pr_l.append(fr_)
+        if not pm_l:
+            return []
+        pm = np.concatenate(pm_l)
+        p0 = np.concatenate(p0_l)
+        p1 = np.concatenate(p1_l)
+        pc = np.concatenate(pc_l)
+        pr = np.concatenate(pr_l)
+        order = np.lexsort((p0, pm))
+        pm, p0, p1, pc, pr = pm[order], p0[order], p1[order], pc[order], pr[order]
+        ok = p1 > p0
+        pm, p0, p1, pc, pr = pm[ok], p0[ok], p1[ok], pc[ok], pr[ok]
+        n = len(pm)
         if n == 0:
             return []
-        last = np.ones(n, np.bool_)
-        last[:-1] = tl.sm[1:] != tl.sm[:-1]
-        changed = np.ones(n, np.bool_)
-        changed[1:] = (tl.sm[1:] != tl.sm[:-1]) | (tl.scls[1:] != tl.scls[:-1]) | (tl.sreason[1:] != tl.sreason[:-1])
-        bounds = np.flatnonzero(changed | last)
-        starts = bounds[:-1][~last[bounds[:-1]]]
-        nxt = bounds[np.searchsorted(bounds, starts, side="right")]
-        open_ = last[nxt]
-        ends = tl.st[nxt]
-        keep = (ends > since) & (ends > tl.st[starts])
-        cp = self.cp
+        new = np.ones(n, np.bool_)
+        new[1:] = (pm[1:] != pm[:-1]) | (pc[1:] != pc[:-1]) | (pr[1:] != pr[:-1])
+        starts = np.flatnonzero(new)
+        ends_i = np.append(starts[1:], n) - 1
+        ends = p1[ends_i]
+        keep = (ends > since) & (ends > p0[starts])
         out: list[tuple[str, float, float | None, str, str | None]] = []
-        for i, e, o in zip(starts[keep].tolist(), ends[keep].tolist(), open_[keep].tolist(), strict=True):
-            out.append((cp.machine_ids[int(tl.sm[i])], float(tl.st[i]), None if o else e,
-                        TIME_CLASSES[int(tl.scls[i])], cp.reasons[int(tl.sreason[i])] or None))
+        for i, e, mi, cl, re in zip(starts[keep].tolist(), ends[keep].tolist(), pm[starts][keep].tolist(),
+                                    pc[starts][keep].tolist(), pr[starts][keep].tolist(), strict=True):
+            out.append((cp.machine_ids[mi], float(p0[i]), None if e >= now else e, TIME_CLASSES[cl],
+                        cp.reasons[re] or None))
         return out
 
     def range_results(self, now: float, machines: Sequence[str], starts: Sequence[float],
@@ -812,6 +1579,7 @@ class Engine:
                 rec.ideal_speed_per_h = 3600.0 / float(cp.sec_per_unit[m, int(tl.cur_product[m])])
             out.append(rec)
         return out
+
 
 
 def _to_float(val: str) -> float:
