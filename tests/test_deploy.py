@@ -476,3 +476,17 @@ async def test_shipped_mosquitto_carries_edge_connector_samples_and_enforces_the
         finally:
             engine.loop_stop()
             engine.disconnect()
+
+
+def test_deploy_doc_names_every_file_and_real_commands() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    files = [*sorted((DEPLOY / "systemd").iterdir()), DEPLOY / "mosquitto" / "acl",
+             DEPLOY / "mosquitto" / "mosquitto.conf", DEPLOY / "timescaledb" / "setup.sql", DEPLOY / ".env.example"]
+    for f in files:
+        assert f.name in doc, f"docs/deploy.md does not mention {f.relative_to(ROOT)}"
+    checked = 0
+    for m in re.finditer(r"(?:/opt/oee-stream/venv/bin/|`)oee-stream ([a-z][a-z-]*)([^`\n]*)", doc):
+        args = [m.group(1), *[a for a in m.group(2).split() if a.startswith("--")]]
+        assert_cli(args, f"docs/deploy.md: {m.group(0)}")
+        checked += 1
+    assert checked >= 8
