@@ -164,9 +164,13 @@ def test_security_policy_and_mode_must_fit() -> None:
     assert "security_mode" in msg and "SignAndEncrypt" in msg
     msg = error_of(opcua(security_policy="Basic256Sha256", security_mode="Sign"))
     assert "certificate and private_key" in msg
+    # Never trust on first use: a secured connection needs the server's certificate pinned.
+    msg = error_of(opcua(security_policy="Aes256_Sha256_RsaPss", security_mode="Sign", certificate="c.der",
+                         private_key="k.pem"))
+    assert "server_certificate" in msg and "never trusted on first use" in msg
     cfg = parse_connector(
         opcua(security_policy="Basic256Sha256", security_mode="SignAndEncrypt", certificate="c.der",
-              private_key="k.pem", username="u", password="p"),
+              private_key="k.pem", server_certificate="s.der", username="u", password="p"),
         env={},
     )
     assert isinstance(cfg, OpcUaConfig) and cfg.security_mode == "SignAndEncrypt"

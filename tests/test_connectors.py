@@ -4,6 +4,7 @@ asyncua server / pymodbus server → connector → mosquitto → subscriber."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import math
@@ -13,10 +14,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
@@ -683,43 +687,127 @@ async def test_publisher_buffers_while_broker_down_and_delivers_after(mqtt_broke
         mqtt_broker.start()
 
 
-async def test_opcua_basic256sha256_sign_and_encrypt(mqtt_url: str, tmp_path: Any) -> None:
+USERS = {"oee": "s3cret"}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real self-signed certificates, made once per module: the server, the client and an impostor server
+    (same application URI and host name as the server, another key)."""
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
+    d = tmp_path_factory.mktemp("pki")
     usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    await setup_self_signed_certificate(tmp_path / "srv-key.pem", tmp_path / "srv-cert.der", "urn:oee:test:server",
-                                        "localhost", usage, {"commonName": "sim"})
-    await setup_self_signed_certificate(tmp_path / "cli-key.pem", tmp_path / "cli-cert.der", "urn:oee:test:client",
-                                        "localhost", usage, {"commonName": "oee-stream"})
+
+    async def make() -> None:
+        for name, uri in (("srv", "urn:oee:test:server"), ("cli", "urn:oee:test:client"),
+                          ("impostor", "urn:oee:test:server")):
+            await setup_self_signed_certificate(d / f"{name}-key.pem", d / f"{name}-cert.der", uri, "localhost",
+                                                usage, {"commonName": name})
+
+    # Its own thread and loop: the test's event loop is not running while a sync fixture is set up.
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        ex.submit(asyncio.run, make()).result(timeout=60)
+    return d
+
+
+class _Users(UserManager):
+    """Accepts USERS only, and remembers who asked (an impostor must never see a password)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, str | None]] = []
+
+    def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
+                 certificate: Any = None) -> User | None:
+        self.calls.append((username, password))
+        return User(role=UserRole.User) if username is not None and USERS.get(username) == password else None
+
+
+async def _secure_server(pki: Path, policy: ua.SecurityPolicyType, users: _Users | None) -> tuple[Server, str]:
+    """An asyncua server offering exactly one secured endpoint (no plain one), optionally with logins only."""
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sec/"
-    server = Server()
+    server = Server(user_manager=users)
     await server.init()
     server.set_endpoint(endpoint)
-    await server.load_certificate(str(tmp_path / "srv-cert.der"))
-    await server.load_private_key(str(tmp_path / "srv-key.pem"))
-    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])  # no plain endpoint
+    await server.load_certificate(str(pki / "srv-cert.der"))
+    await server.load_private_key(str(pki / "srv-key.pem"))
+    server.set_security_policy([policy])
+    if users is not None:
+        server.set_identity_tokens([ua.UserNameIdentityToken])  # anonymous sessions refused
     idx = await server.register_namespace(NS)
     obj = await server.nodes.objects.add_object(idx, "press-1")
     await obj.add_variable(ua.NodeId("press-1.State", idx), "State", ua.Variant(3, ua.VariantType.Int32))
     await server.start()
-    site = new_site()
-    col = Collector(mqtt_url, site)
-    cfg = parse_connector(
+    return server, endpoint
+
+
+def _secure_config(site: str, endpoint: str, pki: Path, policy: str, mode: str, **over: Any) -> Any:
+    return parse_connector(
         {"kind": "opcua", "id": "ua-sec", "site": site, "endpoint": endpoint,
-         "security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
-         "certificate": str(tmp_path / "cli-cert.der"), "private_key": str(tmp_path / "cli-key.pem"),
-         "server_certificate": str(tmp_path / "srv-cert.der"), "application_uri": "urn:oee:test:client",
-         "publishing_interval_ms": 50, "publish": {"linger_ms": 10},
-         "nodes": [{"node_id": f"nsu={NS};s=press-1.State", "machine": "press-1", "signal": "state"}]},
+         "security_policy": policy, "security_mode": mode,
+         "certificate": str(pki / "cli-cert.der"), "private_key": str(pki / "cli-key.pem"),
+         "server_certificate": str(pki / "srv-cert.der"), "application_uri": "urn:oee:test:client",
+         "publishing_interval_ms": 50, "publish": {"linger_ms": 10}, "reconnect_initial_s": 0.2,
+         "reconnect_max_s": 0.5,
+         "nodes": [{"node_id": f"nsu={NS};s=press-1.State", "machine": "press-1", "signal": "state"}], **over},
         env={},
     )
-    conn = build_connector(cfg, MqttSettings(mqtt_url))
+
+
+@pytest.mark.parametrize(("policy", "mode", "login"), [
+    ("Basic256Sha256", "SignAndEncrypt", False),
+    ("Aes128_Sha256_RsaOaep", "SignAndEncrypt", False),
+    ("Aes128_Sha256_RsaOaep", "Sign", True),
+    ("Aes256_Sha256_RsaPss", "SignAndEncrypt", True),
+])
+async def test_opcua_security_policies(mqtt_url: str, pki: Path, policy: str, mode: str, login: bool) -> None:
+    server_policy = getattr(ua.SecurityPolicyType, f"{policy.replace('_', '')}_{mode}")
+    users = _Users() if login else None
+    server, endpoint = await _secure_server(pki, server_policy, users)
+    site = new_site()
+    col = Collector(mqtt_url, site)
+    extra = {"username": "oee", "password": USERS["oee"]} if login else {}
+    conn = build_connector(_secure_config(site, endpoint, pki, policy, mode, **extra), MqttSettings(mqtt_url))
     try:
         async with running(conn):
-            await col.wait(lambda c: c.latest("press-1", "state") is not None, what="state over an encrypted channel")
+            await col.wait(lambda c: c.latest("press-1", "state") is not None, what=f"state over {policy}/{mode}")
             s = col.latest("press-1", "state")
             assert s is not None and s.value == 3 and s.quality == "good"
+            assert conn.stats.last_error is None
+        if users is not None:
+            assert ("oee", USERS["oee"]) in users.calls
+    finally:
+        col.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize("case", ["wrong_password", "impostor_server", "policy_not_offered"])
+async def test_opcua_security_rejections_are_clear(mqtt_url: str, pki: Path, case: str) -> None:
+    users = _Users()
+    server, endpoint = await _secure_server(pki, ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt, users)
+    site = new_site()
+    col = Collector(mqtt_url, site)
+    policy, mode = "Aes256_Sha256_RsaPss", "SignAndEncrypt"
+    over: dict[str, Any] = {"username": "oee", "password": "wrong"}
+    expect = "rejected user 'oee' (BadUserAccessDenied): check username and password"
+    if case == "impostor_server":
+        # The connector pinned another certificate: the real server (here) is the impostor for it.
+        over = {"username": "oee", "password": USERS["oee"], "server_certificate": str(pki / "impostor-cert.der")}
+        expect = "not the pinned server_certificate"
+    elif case == "policy_not_offered":
+        over, policy, mode = {}, "Basic256Sha256", "Sign"
+        expect = "does not offer security_policy Basic256Sha256 with security_mode Sign; it offers ["
+    conn = build_connector(_secure_config(site, endpoint, pki, policy, mode, **over), MqttSettings(mqtt_url))
+    try:
+        async with running(conn):
+            await col.wait(lambda c: conn.stats.source_errors >= 2, what="two refused attempts")
+            assert conn.stats.last_error is not None and expect in conn.stats.last_error, conn.stats.last_error
+            assert not conn.stats.source_connected and conn.stats.reconnects == 0
+            await col.wait(lambda c: c.latest("press-1", "state") is not None, what="the bad state sample")
+            assert all(x.quality == "bad" for x in col.samples)  # unknown time, no value from that server
+        if case in ("impostor_server", "policy_not_offered"):
+            assert users.calls == []  # refused before any session: no password ever reached that server
     finally:
         col.close()
         await server.stop()

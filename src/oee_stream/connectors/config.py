@@ -185,6 +185,10 @@ class OpcUaConfig(_ConnectorBase):
             )
         if self.security_policy != "None" and (self.certificate is None or self.private_key is None):
             raise ValueError(f"certificate: security_policy {self.security_policy!r} needs certificate and private_key")
+        if self.security_policy != "None" and self.server_certificate is None:
+            # Taking whatever certificate the endpoint offers (trust on first use) would let an impostor in.
+            raise ValueError(f"server_certificate: security_policy {self.security_policy!r} needs the server's "
+                             "certificate (exported from the server, DER or PEM); it is pinned, never trusted on first use")
         if (self.username is None) != (self.password is None):
             raise ValueError("password: give both username and password, or neither")
         return self

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from asyncua import ua
@@ -41,7 +43,10 @@ from asyncua.client.client import Client
 from asyncua.crypto import security_policies
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.uaerrors import UaError
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from oee_stream.bus import MqttSettings, Quality, Sample
 from oee_stream.connectors.base import Backoff, BaseConnector, register_connector
@@ -62,6 +67,47 @@ _MODES = {
 
 class ConnectionLost(ConnectionError):
     """The server stopped answering or reported the subscription dead."""
+
+
+class SecuritySetupError(ConnectionError):
+    """The server cannot be trusted or does not accept us: wrong certificate, policy or user.
+
+    The connector keeps retrying (an administrator may fix the server side meanwhile), but the message
+    says what to fix instead of a bare status code.
+    """
+
+
+# Status codes of a refused user identity (ActivateSession).
+_USER_REJECTED = {
+    StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
+    StatusCodes.BadIdentityTokenInvalid, StatusCodes.BadUserSignatureInvalid,
+}
+# Status codes of a refused secure channel or certificate (OpenSecureChannel / CreateSession).
+_CHANNEL_REJECTED = {
+    StatusCodes.BadSecurityChecksFailed, StatusCodes.BadCertificateInvalid,
+    StatusCodes.BadCertificateUntrusted, StatusCodes.BadCertificateUriInvalid,
+    StatusCodes.BadCertificateUseNotAllowed, StatusCodes.BadCertificateTimeInvalid,
+    StatusCodes.BadCertificateRevoked, StatusCodes.BadSecurityPolicyRejected,
+    StatusCodes.BadSecurityModeRejected, StatusCodes.BadApplicationSignatureInvalid,
+}
+
+
+def _thumbprint(der: bytes) -> str:
+    return hashlib.sha1(der).hexdigest()  # the OPC UA certificate thumbprint is SHA-1
+
+
+def _first_cert(chain: bytes) -> bytes:
+    """The leaf of a DER certificate chain (a server may send its chain concatenated)."""
+    if len(chain) > 4 and chain[0] == 0x30 and chain[1] == 0x82:
+        return chain[: 4 + int.from_bytes(chain[2:4], "big")]
+    return chain
+
+
+def _load_cert_der(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return _first_cert(data)
 
 
 def to_epoch(dt: datetime | None) -> float | None:
@@ -206,8 +252,11 @@ class OpcUaConnector(BaseConnector):
                 raise
             except Exception as exc:
                 self.stats.source_errors += 1
-                log.log(logging.WARNING if healthy else logging.DEBUG,
-                        "connector %s: OPC UA %s: %r", self.id, self.cfg.endpoint, exc)
+                self.stats.last_error = str(exc) if isinstance(exc, SecuritySetupError) else repr(exc)
+                # A security set-up problem needs a person: say it at every attempt, not only the first.
+                level = logging.ERROR if isinstance(exc, SecuritySetupError) else (
+                    logging.WARNING if healthy else logging.DEBUG)
+                log.log(level, "connector %s: OPC UA %s: %s", self.id, self.cfg.endpoint, self.stats.last_error)
             self.stats.source_connected = False
             if healthy:
                 emit(self._bad_all())
@@ -235,11 +284,64 @@ class OpcUaConnector(BaseConnector):
             )
         return client
 
+    async def _check_server_certificate(self) -> None:
+        """Refuse a server whose certificate is not the pinned one, before sending it anything secret.
+
+        GetEndpoints runs on an unsecured channel (every server allows it); the endpoint for our policy
+        and mode carries the server's certificate, which must be byte for byte the `server_certificate`
+        file. Never trust on first use: config validation already requires the file.
+        """
+        cfg = self.cfg
+        assert cfg.server_certificate is not None  # validated with security on
+        pinned = _load_cert_der(cfg.server_certificate)
+        probe = Client(cfg.endpoint, timeout=cfg.timeout_s)
+        endpoints = await asyncio.wait_for(probe.connect_and_get_server_endpoints(), cfg.timeout_s * 2)
+        uri = _POLICIES[cfg.security_policy].URI
+        mode = _MODES[cfg.security_mode]
+        match = [e for e in endpoints if e.SecurityPolicyUri == uri and e.SecurityMode == mode]
+        if not match:
+            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
+            raise SecuritySetupError(
+                f"{cfg.endpoint} does not offer security_policy {cfg.security_policy} with security_mode "
+                f"{cfg.security_mode}; it offers {offered}")
+        got = _first_cert(match[0].ServerCertificate or b"")
+        if got != pinned:
+            raise SecuritySetupError(
+                f"the server at {cfg.endpoint} presents certificate SHA-1 {_thumbprint(got)}, not the pinned "
+                f"server_certificate {cfg.server_certificate} (SHA-1 {_thumbprint(pinned)}); refusing to "
+                "connect. If the server's certificate was renewed, export the new one and set server_certificate")
+
+    async def _connect(self, client: Client) -> None:
+        cfg = self.cfg
+        try:
+            await asyncio.wait_for(client.connect(), cfg.timeout_s * 2)
+        except UaStatusCodeError as exc:
+            code = exc.code
+            if code in _USER_REJECTED:
+                who = f"user {cfg.username!r}" if cfg.username is not None else "an anonymous session"
+                raise SecuritySetupError(
+                    f"{cfg.endpoint} rejected {who} ({ua.StatusCode(code).name}): check username and password, "
+                    "or whether the server allows this user (anonymous access may be switched off)") from exc
+            if code in _CHANNEL_REJECTED:
+                raise SecuritySetupError(
+                    f"{cfg.endpoint} refused the secure channel ({ua.StatusCode(code).name}): the server must trust "
+                    "our client certificate (move it from the server's rejected to its trusted list) and "
+                    "application_uri must match the certificate's URI") from exc
+            raise
+        except UaError as exc:
+            if "certificate mismatch" in str(exc).lower():
+                raise SecuritySetupError(
+                    f"the server at {cfg.endpoint} signed the session with a certificate that is not the "
+                    f"pinned server_certificate {cfg.server_certificate}; refusing to connect") from exc
+            raise
+
     async def _session(self, handler: _Handler, on_up: Callable[[], None]) -> None:
         """One connection: connect, subscribe, watch; returns never, raises when the connection is lost."""
+        if self.cfg.security_policy != "None":
+            await self._check_server_certificate()
         client = await self._make_client()
         try:
-            await asyncio.wait_for(client.connect(), self.cfg.timeout_s * 2)
+            await self._connect(client)
         except BaseException:
             await self._close(client)
             raise

@@ -42,6 +42,7 @@ class ConnectorStats:
     broker_connected: bool = False  # gauge
     buffered: int = 0  # gauge: samples waiting for an acknowledgement
     last_sample_time: float | None = None  # gauge: wall-clock time of the last sample produced
+    last_error: str | None = None  # the last source error, worded for a person (not a metric)
     extra: dict[str, int] = field(default_factory=dict)  # connector-specific counters
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,6 +60,7 @@ class ConnectorStats:
             "broker_connected": self.broker_connected,
             "buffered": self.buffered,
             "last_sample_time": self.last_sample_time,
+            "last_error": self.last_error,
             **self.extra,
         }
 
