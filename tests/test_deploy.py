@@ -298,19 +298,47 @@ def test_acl_lets_the_engine_and_viewers_do_their_part() -> None:
 # ------------------------------------------------------- a real mosquitto with the shipped configuration
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def make_pki(d: Path) -> None:
-    """A CA and a server certificate for 127.0.0.1, as docs/deploy.md makes them (EC P-256)."""
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=oee-stream test CA", cwd=d)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
-             "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-out", "server.crt", "-extfile", "san.ext", cwd=d)
+    """A CA and a server certificate for 127.0.0.1 (EC P-256), like the openssl commands of docs/deploy.md."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("oee-stream test CA")).issuer_name(name("oee-stream test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "server.key").write_bytes(pem_key(key))
 
 
 @contextlib.contextmanager
@@ -318,10 +346,10 @@ def shipped_mosquitto(tmp: Path, passwords: dict[str, str]) -> Iterator[tuple[in
     """mosquitto with deploy/mosquitto/mosquitto.conf and acl; only paths and ports changed for the test."""
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     passwd_tool = shutil.which("mosquitto_passwd")
-    if binary is None or passwd_tool is None or shutil.which("openssl") is None:
+    if binary is None or passwd_tool is None:
         if os.environ.get("CI"):
-            pytest.fail("mosquitto, mosquitto_passwd and openssl are needed (apt-get install mosquitto openssl)")
-        pytest.skip("mosquitto, mosquitto_passwd or openssl is not installed")
+            pytest.fail("mosquitto and mosquitto_passwd are needed (apt-get install mosquitto)")
+        pytest.skip("mosquitto or mosquitto_passwd is not installed")
     certs = tmp / "certs"
     certs.mkdir()
     make_pki(certs)
