@@ -177,7 +177,7 @@ class PlantSimulator:
                              f"allowed: {sorted(table)}")
         return StateTruth(code, sc.time_class, reason if reason is not None else sc.reason)
 
-    def _reclassify(self, machine: str) -> None:
+    def _reclassify(self, machine: str, open_until: float | None = None) -> None:
         """Classify unplanned stops the way the engine does once a hold has cut or joined them.
 
         The engine makes a run of consecutive unplanned rows shorter than the threshold a micro stop, and
@@ -198,8 +198,8 @@ class PlantSimulator:
             j = i
             while j + 1 < len(ivs) and ivs[j + 1].time_class in ("unplanned_stop", "micro_stop"):
                 j += 1
-            end = ivs[j].end
-            if end is not None:  # an open run is decided when it ends
+            end = ivs[j].end if ivs[j].end is not None else open_until
+            if end is not None:  # an open run is decided when it ends (or, frozen, by its length so far)
                 cls = "micro_stop" if end - ivs[i].start < threshold else "unplanned_stop"
                 for iv in ivs[i:j + 1]:
                     iv.time_class = cls
@@ -218,12 +218,27 @@ class PlantSimulator:
         return await server.restart(down_s)
 
     async def freeze(self) -> None:
-        """Stop the plant's clock: no more events, the servers keep serving their last values."""
+        """Stop the plant's clock: no more events, the servers keep serving their last values.
+
+        Follow with `held_until(now)` before reading the ledger.
+        """
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def held_until(self, now: float) -> None:
+        """After `freeze`: every machine held its last state up to `now`; record that in the ledger.
+
+        A stop still open at the freeze never ends as the scenario planned, so it is classified by its
+        length up to `now`, as the engine does (shorter than the micro-stop threshold: micro stop).
+        """
+        self.ledger.advance(now)
+        if self.plant is None:
+            return
+        for machine in self.ledger.machines:
+            self._reclassify(machine, open_until=now)
 
     async def _drive(self) -> None:
         # Runs until cancelled; each pass is bounded by the events due now.
