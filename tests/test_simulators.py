@@ -356,3 +356,17 @@ async def test_force_state_through_both_servers(plant: Plant) -> None:
         assert forced[0].time_class == ("micro_stop" if held < 5 else "unplanned_stop"), held
         assert not any(t_force < c.ts < t_release for c in led.counts)
         assert any(f.kind == "force_release" for f in led.faults)
+
+
+def test_every_scenario_key_is_documented() -> None:
+    from oee_stream.simulators.scenario import Faults, MachineScenario, StopKind, StopPattern
+
+    doc = (ROOT / "simulators" / "README.md").read_text()
+    missing = []
+    for model, prefix in ((Scenario, ""), (MachineScenario, ""), (StopPattern, "stops."), (Faults, "faults."),
+                          (StopKind, "")):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if f"`{prefix}{key}" not in doc and f"`{key}`" not in doc and f"{{{key}" not in doc and f" {key}`" not in doc:
+                missing.append(f"{model.__name__}.{key}")
+    assert not missing, f"undocumented scenario keys: {missing}"
