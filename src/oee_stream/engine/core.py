@@ -132,6 +132,13 @@ class WindowSet:
     end: F64
     kinds: tuple[str, ...]
     shift: tuple[str | None, ...] = ()
+    # Optional: both ends as indices into `points`, instants shared by every machine (("now",),
+    # ("roll", seconds) = now - seconds, ("at", t)). Such ends are looked up once per machine through
+    # cursors that move forward with `now` instead of one binary search per window.
+    points: tuple[tuple[Any, ...], ...] = ()
+    a_pt: I64 | None = None
+    b_pt: I64 | None = None
+    blocks: tuple[tuple[int, int, int, int], ...] = ()  # (first row, end row, a point, b point)
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,10 @@ class Timeline:
     run_p: F64  # production seconds at run_t
     fix_p_end: F64  # production seconds at tt[:, 0]
     tail_stops: F64  # (M, N_TAIL) start times of counted stops that begin in the tail, inf where none
+    has_tail_stop: B
+    ttT: F64  # tt, tp, tc transposed (contiguous per tail column)
+    tpT: F64
+    tcT: I64
     cur_cls: I64
     cur_reason: I64
     cur_since: F64
@@ -188,24 +199,23 @@ def _group_starts(g: I64) -> tuple[I64, I64, I64]:
     return g[idx], idx, cnt
 
 
-def _seg_cumsum(vals: F64, first: B) -> F64:
-    """Inclusive cumulative sum along the last axis that restarts where `first` is set.
+def _seg_cumsum(vals: F64, first: B, init: F64) -> F64:
+    """Inclusive cumulative sum down axis 0 that restarts at `init[k]` where segment k begins (`first`,
+    which is set at row 0).
 
-    The total of each finished segment is subtracted at the next segment's start instead of subtracting
-    a global running sum afterwards, so values stay the size of one segment (one machine) and keep their
-    precision (a global cumsum over 10 000 machines loses ~1e-7 s).
+    Each finished segment's total (and start value) is subtracted at the next segment's start instead of
+    subtracting a global running sum afterwards, so values stay the size of one machine's and keep their
+    precision (a global cumsum over 10 000 machines would lose ~1e-7 s).
     """
-    if vals.shape[-1] == 0:
+    if len(vals) == 0:
         return vals.copy()
     starts = np.flatnonzero(first)
     v = vals.copy()
+    v[starts] += init
     if len(starts) > 1:
-        tot = np.add.reduceat(vals, starts, axis=-1)
-        v[..., starts[1:]] -= tot[..., :-1]
-        # reduceat and cumsum add in the same order, so the residual at each start is ~one ulp of a segment
-    out: F64 = np.cumsum(v, axis=-1)
-    if len(starts) and starts[0] > 0:
-        out[..., : starts[0]] = np.cumsum(vals[..., : starts[0]], axis=-1)
+        tot = np.add.reduceat(vals, starts, axis=0)
+        v[starts[1:]] -= tot[:-1] + init[:-1]
+    out: F64 = np.cumsum(v, axis=0)
     return out
 
 
@@ -235,7 +245,7 @@ class _Arena:
         alloc = max(self.size, 1024)
         self.key = np.empty(alloc)
         self.t = np.empty(alloc)
-        self.cols: dict[str, Any] = {name: np.zeros((w, alloc) if w > 1 else alloc, dt)
+        self.cols: dict[str, Any] = {name: np.zeros((alloc, w) if w > 1 else alloc, dt)
                                      for name, (dt, w) in cols.items()}
         self.key[: self.size] = np.repeat(self.rank, init_cap) * span + self.pad
 
@@ -250,8 +260,8 @@ class _Arena:
             out[: self.size] = arr[: self.size]
             setattr(self, name, out)
         for name, arr in self.cols.items():
-            out = np.zeros((*arr.shape[:-1], new), arr.dtype)
-            out[..., : self.size] = arr[..., : self.size]
+            out = np.zeros((new, *arr.shape[1:]), arr.dtype)
+            out[: self.size] = arr[: self.size]
             self.cols[name] = out
 
     def _rekey(self, seg: I64, cap: I64, n_live: I64, start: I64) -> None:
@@ -272,8 +282,8 @@ class _Arena:
         t[dst] = self.t[src]
         cols = {}
         for name, arr in self.cols.items():
-            out = np.zeros((*arr.shape[:-1], alloc), arr.dtype)
-            out[..., dst] = arr[..., src]
+            out = np.zeros((alloc, *arr.shape[1:]), arr.dtype)
+            out[dst] = arr[src]
             cols[name] = out
         self.t, self.cols = t, cols
         self.key = np.empty(alloc)
@@ -304,7 +314,7 @@ class _Arena:
         dst = _ranges(new_start, n_live)
         self.t[dst] = self.t[src]
         for arr in self.cols.values():
-            arr[..., dst] = arr[..., src]
+            arr[dst] = arr[src]
         self.rank[g] = self.next_rank + np.arange(len(g), dtype=np.int64)
         self.next_rank += len(g)
         self.start[g] = new_start
@@ -328,7 +338,7 @@ class _Arena:
         self.t[pos] = t
         self.key[pos] = np.repeat(self.rank[u] * self.span, cnt) + (t - self.origin)
         for name, v in vals.items():
-            self.cols[name][..., pos] = v
+            self.cols[name][pos] = v
         self.len[u] += cnt
         return pos
 
@@ -342,6 +352,17 @@ class _Arena:
 
     def last(self, seg: I64) -> I64:
         return self.start[seg] + self.len[seg] - 1
+
+
+@dataclass
+class _Cursor:
+    x: float
+    s_idx: I64  # per machine: index in its segment of the last state row at or before x
+    s_rows: F64  # Engine._row_data of those rows
+    c_idx: I64  # per counter series: rows before x
+    c_vals: F64  # (series, 2) cumulative values before x
+    s_dirty: B
+    c_dirty: B
 
 
 class _CalendarCache:
@@ -471,8 +492,11 @@ class Engine:
         self._sessions: dict[str, str] = {}
         self.stats = EngineStats()
         self._pending: list[Cols] = []
+        self._multi_product = np.array([len(p) > 1 for p in self.cp.product_names], np.bool_)
+        self._any_multi = bool(self._multi_product.any())
         self._timeline: Timeline | None = None
         self._win_cache: dict[tuple[int, str], tuple[float, float, list[tuple[int, float, float, str | None]]]] = {}
+        self._cursors: dict[tuple[Any, ...], _Cursor] = {}
         self._reset_derived()
 
     # ------------------------------------------------------------------ state
@@ -484,7 +508,7 @@ class Engine:
         self._ready = False  # arenas exist (they need the origin)
         self.frontier = np.full(n, -np.inf)  # newest derived sample time per machine (any signal)
         self._ser_v = np.full(n * N_CTR, np.nan)  # last value of each counter series
-        self._cend = np.zeros((2, n * N_CTR))  # cumulative increments / ideal seconds at each series' end
+        self._cend = np.zeros((n * N_CTR, 2))  # cumulative increments / ideal seconds at each series' end
         self._last_t = np.full((n, N_SIGNALS), np.nan)  # last derived sample per series, for duplicates
         self._last_v = np.full((n, N_SIGNALS), np.nan)
         self._last_q = np.full((n, N_SIGNALS), -1, np.int8)
@@ -499,6 +523,7 @@ class Engine:
         self._resets = np.zeros(n, np.int64)
         self._rolls = np.zeros(n, np.int64)
         self._seen = np.zeros((n, N_SIGNALS), np.bool_)
+        self._cursors = {}
 
     def _init_arenas(self, origin: float) -> None:
         n = self.cp.n
@@ -511,7 +536,7 @@ class Engine:
         self._ca = _Arena(n * N_CTR, self._span, origin, {"cum": (np.float64, 2)})
         machines = np.arange(n, dtype=np.int64)
         self._sa.append(machines, np.full(n, origin), cls=np.full(n, UNKNOWN, np.int8),
-                        reason=np.full(n, R_NO_DATA, np.int32), scum=np.zeros((N_CLASSES, n)),
+                        reason=np.full(n, R_NO_DATA, np.int32), scum=np.zeros((n, N_CLASSES)),
                         stops=np.zeros(n), flag=np.zeros(n, np.int8))
         self._ready = True
 
@@ -639,7 +664,7 @@ class Engine:
                 km, ks, kt, kv, kq = m, s, t, v, q
             else:
                 km, ks, kt, kv, kq = m[keep], s[keep], t[keep], v[keep], q[keep]
-            np.maximum.at(self.watermark, km, kt) if n_keep < 4096 else self._watermark_bulk(km, kt)
+            self._raise_watermark(km, kt)
             self._pending.append((km.astype(np.int64, copy=False), ks, kt, kv, kq))
             self._timeline = None
         rep = IngestReport(accepted=n_keep, late_dropped=int(late.sum()))
@@ -654,13 +679,16 @@ class Engine:
         self.stats.rejected += len(rep.rejected)
         return rep
 
-    def _watermark_bulk(self, m: I64, t: F64) -> None:
-        # np.maximum.at is slow on big batches; a sort-free per-machine max via a scatter of the maxima.
-        order = np.lexsort((t, m)) if not np.all(np.diff(t) >= 0) else np.argsort(m, kind="stable")
-        ms, ts = m[order], t[order]
-        last = np.ones(len(ms), np.bool_)
-        last[:-1] = ms[1:] != ms[:-1]
-        self.watermark[ms[last]] = np.maximum(self.watermark[ms[last]], ts[last])
+    def _raise_watermark(self, m: I64, t: F64) -> None:
+        if len(t) > 1024 and not (t[1:] < t[:-1]).any():
+            # A batch in time order (as the bus delivers it): each machine's last sample is its newest.
+            # With repeated indices a fancy assignment keeps the last value.
+            last = np.full(self.cp.n, -1, np.int64)
+            last[m] = np.arange(len(m))
+            hit = np.flatnonzero(last >= 0)
+            self.watermark[hit] = np.maximum(self.watermark[hit], t[last[hit]])
+        else:
+            np.maximum.at(self.watermark, m, t)
 
     def connector_status(self, machines: Sequence[str], state: str, ts: float, session: str = "") -> None:
         """A connector went offline (its MQTT last will) or came back.
@@ -785,9 +813,10 @@ class Engine:
         n_ctr = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
         self._sa.truncate(ms, np.ones(len(ms), np.int64))  # the origin row stays
         self._ca.truncate(n_ctr, np.zeros(len(n_ctr), np.int64))
+        self._clamp_cursors(ms)
         self.frontier[ms] = -np.inf
         self._ser_v[n_ctr] = np.nan
-        self._cend[:, n_ctr] = 0.0
+        self._cend[n_ctr] = 0.0
         self._last_t[ms], self._last_v[ms], self._last_q[ms] = np.nan, np.nan, -1
         self._real_cls[ms], self._real_reason[ms] = -1, 0
         self._last_count[ms] = -np.inf
@@ -891,13 +920,19 @@ class Engine:
         pm, pt, pv = m[psel], t[psel], v[psel].astype(np.int64)
         nz = d != 0
         zm, zk, zt, zd = cm[nz], ck[nz], ct[nz], d[nz]
-        prod = np.where(self._cur_pt[zm] < zt, self._cur_p[zm], self._prev_p[zm])
+        prod = cp.default_product[zm]
+        mp = np.flatnonzero(self._multi_product[zm]) if self._any_multi else np.zeros(0, np.int64)
+        if len(mp):  # only machines with several products need to know which one each count is of
+            ym, yt = zm[mp], zt[mp]
+            yp = np.where(self._cur_pt[ym] < yt, self._cur_p[ym], self._prev_p[ym])
+            if len(pm):
+                pkey = pm.astype(np.float64) * span + (pt - origin)
+                pi = np.searchsorted(pkey, ym.astype(np.float64) * span + (yt - origin), side="left") - 1
+                pic = np.clip(pi, 0, len(pm) - 1)
+                inb = (pi >= 0) & (pm[pic] == ym)
+                yp = np.where(inb, pv[pic], yp)
+            prod[mp] = yp
         if len(pm):
-            pkey = pm.astype(np.float64) * span + (pt - origin)
-            pi = np.searchsorted(pkey, zm.astype(np.float64) * span + (zt - origin), side="left") - 1
-            pic = np.clip(pi, 0, len(pm) - 1)
-            inb = (pi >= 0) & (pm[pic] == zm)
-            prod = np.where(inb, pv[pic], prod)
             lastp = np.ones(len(pm), np.bool_)
             lastp[:-1] = pm[1:] != pm[:-1]
             li = np.flatnonzero(lastp)
@@ -912,12 +947,11 @@ class Engine:
             zseg = zm * N_CTR + zk
             fz = np.ones(len(zseg), np.bool_)
             fz[1:] = zseg[1:] != zseg[:-1]
-            vals = _seg_cumsum(np.stack([zd, ideal]), fz)
-            vals += self._cend[:, zseg]
+            vals = _seg_cumsum(np.stack([zd, ideal], axis=1), fz, self._cend[zseg[fz]])
             self._ca.append(zseg, zt, cum=vals)
             lz = np.ones(len(zseg), np.bool_)
             lz[:-1] = zseg[1:] != zseg[:-1]
-            self._cend[:, zseg[lz]] = vals[:, lz]
+            self._cend[zseg[lz]] = vals[lz]
 
         # --- state rows from samples
         run_bit = cp.uses_run_bit[m]
@@ -985,6 +1019,7 @@ class Engine:
             xf.insert(0, np.zeros(len(ridx), np.int8))
             sa.truncate(rw, self._run_pos[rw])
             self._run_pos[rw] = -1
+            self._clamp_cursors(rw)
         rm = np.concatenate(xm)
         rt = np.concatenate(xt)
         rc = np.concatenate(xc).astype(np.int8)
@@ -1073,10 +1108,11 @@ class Engine:
         pflag = np.where(rfirst, sa.cols["flag"][ppos], np.roll(stop_start.astype(np.int8), 1))
         p_now = self._prod(rm, rt)
         p_prev = self._prod(rm, tprev)
-        contrib = np.zeros((N_CLASSES, n))
-        contrib[pcls_final, pos] = p_now - p_prev
-        scum = _seg_cumsum(contrib, rfirst) + sa.cols["scum"][:, ppos]
-        stops = _seg_cumsum(pflag.astype(np.float64)[None, :], rfirst)[0] + sa.cols["stops"][ppos]
+        contrib = np.zeros((n, N_CLASSES))
+        contrib[pos, pcls_final] = p_now - p_prev
+        fpos = ppos[rfirst]
+        scum = _seg_cumsum(contrib, rfirst, sa.cols["scum"][fpos])
+        stops = _seg_cumsum(pflag.astype(np.float64), rfirst, sa.cols["stops"][fpos])
         apos = sa.append(rm, rt, cls=rc, reason=rr.astype(np.int32), scum=scum, stops=stops,
                          flag=stop_start.astype(np.int8))
         # carry the open stop (its first row's index in the segment)
@@ -1180,7 +1216,9 @@ class Engine:
         derive_total = seen[:, GOOD_COUNT] & seen[:, REJECT] & ~seen[:, TOTAL]
         return Timeline(
             now=now, origin=origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
-            run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t, cur_cls=cur_cls.astype(np.int64),
+            run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t,
+            has_tail_stop=np.asarray(np.isfinite(stop_t).any(axis=1)), ttT=np.ascontiguousarray(tt.T),
+            tpT=np.ascontiguousarray(tp.T), tcT=np.ascontiguousarray(tc.T.astype(np.int64)), cur_cls=cur_cls.astype(np.int64),
             cur_reason=cur_reason.astype(np.int64), cur_since=cur_since, cur_product=self._cur_p.copy(),
             resets=self._resets.copy(), rollovers=self._rolls.copy(), derive_reject=derive_reject,
             derive_total=derive_total,
@@ -1188,21 +1226,44 @@ class Engine:
 
     # ------------------------------------------------------------------ look-ups
 
-    def _state_at(self, tl: Timeline, m: I64, x: F64) -> tuple[F64, F64]:
-        """Seconds per class in [origin, x) and counted stops starting before x, for each (m, x)."""
+    def _row_data(self, pos: I64, m: I64) -> F64:
+        """(n, 12) of state rows: cumulative class seconds (7), stops, stop flag, time, class, production
+        seconds since origin at the row's time."""
+        sa = self._sa
+        out = np.empty((len(pos), N_CLASSES + 5))
+        out[:, :N_CLASSES] = sa.cols["scum"][pos]
+        out[:, N_CLASSES] = sa.cols["stops"][pos]
+        out[:, N_CLASSES + 1] = sa.cols["flag"][pos]
+        out[:, N_CLASSES + 2] = sa.t[pos]
+        out[:, N_CLASSES + 3] = sa.cols["cls"][pos]
+        out[:, N_CLASSES + 4] = self._prod(m, out[:, N_CLASSES + 2])
+        return out
+
+    def _cal_at(self, m: I64, x: float, k: int) -> F64:
+        """`_cal_eval` at one instant shared by all of m: one evaluation per calendar."""
+        per_cal = np.array([cal.seconds(np.array([x]), k)[0] for cal in self._cals])
+        return per_cal[self.cp.calendar_of[m]] if len(per_cal) > 1 else np.full(len(m), per_cal[0])
+
+    def _state_at(self, tl: Timeline, m: I64, x: F64, pos: I64 | None = None,
+                  rows_data: F64 | None = None, shared_x: float | None = None) -> tuple[F64, F64]:
+        """Seconds per class in [origin, x) and counted stops starting before x, for each (m, x);
+        `pos` (the last state row at or before x) and its `_row_data` when already known."""
         sa = self._sa
         n = len(x)
-        pos = sa.search(m, x, "right") - 1
         lpos = tl.last_pos[m]
-        pos = np.minimum(pos, lpos)
-        out = sa.cols["scum"][:, pos].T.copy()
-        stops = sa.cols["stops"][pos] + ((sa.cols["flag"][pos] == 1) & (sa.t[pos] < x))
-        px = self._prod(m, x)
+        if pos is None:
+            pos = np.minimum(sa.search(m, x, "right") - 1, lpos)
+        if rows_data is None:
+            rows_data = self._row_data(pos, m)
+        out = rows_data[:, :N_CLASSES].copy()
+        t_row = rows_data[:, N_CLASSES + 2]
+        stops = rows_data[:, N_CLASSES] + ((rows_data[:, N_CLASSES + 1] == 1) & (t_row < x))
+        px = self._prod(m, x) if shared_x is None else self._cal_at(m, shared_x, CAL_PRODUCTION)
         rows = np.arange(n)
         body = pos < lpos
         if body.any():
             b = np.flatnonzero(body)
-            out[b, sa.cols["cls"][pos[b]]] += px[b] - self._prod(m[b], sa.t[pos[b]])
+            out[b, rows_data[b, N_CLASSES + 3].astype(np.int64)] += px[b] - rows_data[b, N_CLASSES + 4]
         tail = ~body
         if tail.any():
             ti = rows[tail]
@@ -1221,21 +1282,148 @@ class Engine:
             amt = np.where(x[f] >= tl.tt[mf, 0], tl.fix_p_end[mf], px[f]) - tl.run_p[mf]
             out[f, UNPLANNED_STOP] -= amt
             out[f, MICRO_STOP] += amt
-        out[:, UNSCHEDULED] += self._cal_eval(m, x, 0)
-        out[:, PLANNED_EXCLUDED] += self._cal_eval(m, x, CAL_EXCLUDED)
-        stops = stops + (tl.tail_stops[m] < x[:, None]).sum(axis=1)
+        if shared_x is None:
+            out[:, UNSCHEDULED] += self._cal_eval(m, x, 0)
+            out[:, PLANNED_EXCLUDED] += self._cal_eval(m, x, CAL_EXCLUDED)
+        else:
+            out[:, UNSCHEDULED] += self._cal_at(m, shared_x, 0)
+            out[:, PLANNED_EXCLUDED] += self._cal_at(m, shared_x, CAL_EXCLUDED)
+        ts = np.flatnonzero(tl.has_tail_stop[m])
+        if len(ts):
+            stops[ts] += (tl.tail_stops[m[ts]] < x[ts, None]).sum(axis=1)
         return out, stops
 
-    def _counts_at(self, m: I64, x: F64) -> F64:
-        """(2 * N_CTR, n): cumulative increments and ideal seconds of each counter before x."""
+    def _counts_at(self, m: I64, x: F64, i: I64 | None = None) -> F64:
+        """(2 * N_CTR, n): cumulative increments and ideal seconds of each counter before x; `i` (per
+        machine and counter, the first row at or after x) when already known."""
         ca = self._ca
         n = len(x)
         seg = (m[:, None] * N_CTR + np.arange(N_CTR)).ravel()
-        xx = np.repeat(x, N_CTR)
-        i = ca.search(seg, xx, "left")
+        if i is None:
+            i = ca.search(seg, np.repeat(x, N_CTR), "left")
         has = i > ca.start[seg]
-        vals = np.where(has, ca.cols["cum"][:, np.maximum(i - 1, 0)], 0.0)  # (2, n * N_CTR)
-        return vals.reshape(2, n, N_CTR).transpose(0, 2, 1).reshape(2 * N_CTR, n)
+        vals = np.where(has[:, None], ca.cols["cum"][np.maximum(i - 1, 0)], 0.0)  # (n * N_CTR, 2)
+        return vals.reshape(n, N_CTR, 2).transpose(2, 1, 0).reshape(2 * N_CTR, n)
+
+    def _cursor(self, key: tuple[Any, ...], x: float) -> tuple[I64, F64, F64]:
+        """For every machine, at x: the position and `_row_data` of the last state row at or before x,
+        and (machines * N_CTR, 2) counter values before x.
+
+        A cursor per shared instant moves forward with it (a few rows per tick, so a tick needs no binary
+        search) and keeps the rows it read: only machines whose cursor moved, or whose rows were cut
+        (`_clamp_cursors`), are read again. First use and far moves fall back to a binary search.
+        """
+        sa, ca = self._sa, self._ca
+        n_m = self.cp.n
+        cur = self._cursors.get(key)
+        if cur is None or x < cur.x:
+            ms = np.arange(n_m, dtype=np.int64)
+            used = np.flatnonzero(ca.len > 0)
+            s_idx = sa.search(ms, np.full(n_m, x), "right") - 1 - sa.start
+            c_idx = np.zeros(n_m * N_CTR, np.int64)
+            c_idx[used] = ca.search(used, np.full(len(used), x), "left") - ca.start[used]
+            cur = _Cursor(x, s_idx, self._row_data(sa.start + s_idx, ms), c_idx, np.zeros((n_m * N_CTR, 2)),
+                          np.zeros(n_m, np.bool_), np.zeros(n_m * N_CTR, np.bool_))
+            c_moved = used
+            s_moved = ms
+        else:
+            s_old, c_old = cur.s_idx.copy(), cur.c_idx.copy()
+            lim = sa.len - 1
+            s_idx = cur.s_idx
+            cand = np.arange(n_m, dtype=np.int64)
+            for _ in range(4):
+                mv = (s_idx[cand] < lim[cand]) & (sa.t[sa.start[cand] + np.minimum(s_idx[cand] + 1, lim[cand])] <= x)
+                cand = cand[mv]
+                if not len(cand):
+                    break
+                s_idx[cand] += 1
+            if len(cand):  # still moving after 4 rows: search
+                s_idx[cand] = sa.search(cand, np.full(len(cand), x), "right") - 1 - sa.start[cand]
+            c_idx = cur.c_idx
+            cand = np.flatnonzero(ca.len > c_idx)
+            for _ in range(4):
+                mv = ca.t[ca.start[cand] + c_idx[cand]] < x
+                cand = cand[mv]
+                if not len(cand):
+                    break
+                c_idx[cand] += 1
+                cand = cand[ca.len[cand] > c_idx[cand]]
+            if len(cand):
+                c_idx[cand] = ca.search(cand, np.full(len(cand), x), "left") - ca.start[cand]
+            s_moved = np.flatnonzero((s_idx != s_old) | cur.s_dirty)
+            c_moved = np.flatnonzero((c_idx != c_old) | cur.c_dirty)
+            if len(s_moved):
+                cur.s_rows[s_moved] = self._row_data(sa.start[s_moved] + s_idx[s_moved], s_moved)
+            cur.x = x
+        if len(c_moved):
+            ci = c_moved
+            has = c_idx[ci] > 0
+            cur.c_vals[ci] = np.where(has[:, None], ca.cols["cum"][ca.start[ci] + np.maximum(c_idx[ci] - 1, 0)], 0.0)
+        cur.s_dirty[:] = False
+        cur.c_dirty[:] = False
+        self._cursors[key] = cur
+        return sa.start + cur.s_idx, cur.s_rows, cur.c_vals
+
+    def _clamp_cursors(self, ms: I64) -> None:
+        """Rows of these machines from their current lengths on were dropped (and may come back
+        different): cursors past the cut move back to it and walk forward again."""
+        sa, ca = self._sa, self._ca
+        cs = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
+        for cur in self._cursors.values():
+            cur.s_idx[ms] = np.minimum(cur.s_idx[ms], sa.len[ms] - 1)
+            cur.c_idx[cs] = np.minimum(cur.c_idx[cs], ca.len[cs])
+            cur.s_dirty[ms] = True
+            cur.c_dirty[cs] = True
+
+    def _point(self, tl: Timeline, key: tuple[Any, ...], out: F64) -> None:
+        """(machines, 7 + 1 + 2 * N_CTR): class seconds, stops and counters before one shared instant."""
+        n_m = self.cp.n
+        if key[0] == "now":
+            x = tl.now
+        elif key[0] == "roll":
+            x = tl.now - float(key[1])
+        else:
+            x = float(key[1])
+        x = min(max(x, tl.origin), tl.now)
+        ms = np.arange(n_m, dtype=np.int64)
+        xs = np.full(n_m, x)
+        if x >= tl.now:  # everything derived is before now: the ends of the tables
+            pos = tl.last_pos
+            rows = self._row_data(pos, ms)
+            cvals = self._cend
+        else:
+            pos, rows, cvals = self._cursor(key, x)
+        # _state_at for every machine at one shared x, written out with whole columns (no gathers by m)
+        del xs
+        px = self._cal_at(ms, x, CAL_PRODUCTION)
+        sec = out[:, :N_CLASSES]
+        sec[:] = rows[:, :N_CLASSES]
+        flat = out.reshape(-1)  # out is a C-contiguous (machines, columns) block: 1-D fancy indexing is cheaper
+        base = ms * out.shape[1]
+        t_row = rows[:, N_CLASSES + 2]
+        body = pos < tl.last_pos
+        b = np.flatnonzero(body)
+        flat[base[b] + rows[b, N_CLASSES + 3].astype(np.int64)] += px[b] - rows[b, N_CLASSES + 4]
+        tl_ = np.flatnonzero(~body)
+        if len(tl_):
+            pxt = px[tl_]
+            for j in range(N_TAIL):
+                lo, hi = tl.ttT[j][tl_], tl.ttT[j + 1][tl_]
+                add = np.where(x > lo, np.where(x >= hi, tl.tpT[j + 1][tl_], pxt) - tl.tpT[j][tl_], 0.0)
+                flat[base[tl_] + tl.tcT[j][tl_]] += add
+        f = np.flatnonzero(tl.fix & (x > tl.run_t))
+        if len(f):
+            amt = np.where(x >= tl.ttT[0][f], tl.fix_p_end[f], px[f]) - tl.run_p[f]
+            sec[f, UNPLANNED_STOP] -= amt
+            sec[f, MICRO_STOP] += amt
+        sec[:, UNSCHEDULED] += self._cal_at(ms, x, 0)
+        sec[:, PLANNED_EXCLUDED] += self._cal_at(ms, x, CAL_EXCLUDED)
+        stops = rows[:, N_CLASSES] + ((rows[:, N_CLASSES + 1] == 1) & (t_row < x))
+        ts = np.flatnonzero(tl.has_tail_stop)
+        if len(ts):
+            stops[ts] += (tl.tail_stops[ts] < x).sum(axis=1)
+        out[:, N_CLASSES] = stops
+        out[:, N_CLASSES + 1:].reshape(n_m, 2, N_CTR)[:] = cvals.reshape(n_m, N_CTR, 2).transpose(0, 2, 1)
 
     # ------------------------------------------------------------------ windows
 
@@ -1268,10 +1456,20 @@ class Engine:
         machines = np.arange(n_m, dtype=np.int64)
         n_roll = len(self.plant.rolling_windows)
         kinds: list[str] = [w.name for w in self.plant.rolling_windows] + ["shift", "day", "hour"]
+        points: dict[tuple[Any, ...], int] = {("now",): 0}
+
+        def pt(key: tuple[Any, ...]) -> int:
+            return points.setdefault(key, len(points))
+
+        roll_pts = np.array([pt(("roll", float(w.seconds))) for w in self.plant.rolling_windows], np.int64)
+        blocks = [(k * n_m, (k + 1) * n_m, int(roll_pts[k]), 0) for k in range(n_roll)]
+        row = n_roll * n_m
         wm: list[I64] = [np.tile(machines, n_roll)]
         wk: list[I64] = [np.repeat(np.arange(n_roll, dtype=np.int64), n_m)]
         wa: list[F64] = [np.repeat(np.array([now - w.seconds for w in self.plant.rolling_windows]), n_m)]
         wb: list[F64] = [np.full(n_m * n_roll, now)]
+        pa: list[I64] = [np.repeat(roll_pts, n_m)]
+        pb: list[I64] = [np.zeros(n_m * n_roll, np.int64)]
         wshift: list[str | None] = [None] * (n_m * n_roll)
         horizon = now - self.policies.allowed_lateness_s
         for ci in range(len(cp.calendar_names)):
@@ -1289,37 +1487,62 @@ class Engine:
                 wk.append(np.full(members.size, n_roll + kk))
                 wa.append(np.full(members.size, a))
                 wb.append(np.full(members.size, min(b, now)))
+                ia, ib = pt(("at", a)), 0 if b >= now else pt(("at", b))
+                pa.append(np.full(members.size, ia))
+                pb.append(np.full(members.size, ib))
+                blocks.append((row, row + members.size, ia, ib) if members.size == n_m and
+                              bool((members == machines).all()) else (row, row + members.size, -1, -1))
+                row += members.size
                 wshift.extend([name] * members.size)
+        # cursors of instants no longer used are dropped
+        for key in [k for k in self._cursors if k not in points]:
+            del self._cursors[key]
         return WindowSet(np.concatenate(wm), np.concatenate(wk), np.concatenate(wa), np.concatenate(wb),
-                         tuple(kinds), tuple(wshift))
+                         tuple(kinds), tuple(wshift), tuple(points), np.concatenate(pa), np.concatenate(pb),
+                         tuple(blocks))
 
     def aggregate(self, tl: Timeline, w: WindowSet) -> F64:
         """Additive features (formulas.N_FEATURES) of every window row: look-ups at both ends, subtracted."""
         a = np.clip(w.start, tl.origin, tl.now)
-        b = np.clip(w.end, tl.origin, tl.now)
         n = len(a)
-        mm = np.concatenate([w.machine, w.machine])
-        xx = np.concatenate([a, b])
-        sec, stops = self._state_at(tl, mm, xx)
-        cnt = self._counts_at(mm, xx)
+        if w.points and w.a_pt is not None and w.b_pt is not None:
+            vals = np.empty((len(w.points), self.cp.n, N_CLASSES + 1 + 2 * N_CTR))
+            for p_i, key in enumerate(w.points):
+                self._point(tl, key, vals[p_i])
+            d = np.empty((n, vals.shape[2]))
+            for r0, r1, pa, pb in w.blocks or ((0, n, -1, -1),):
+                if pa >= 0 and r1 - r0 == self.cp.n:  # every machine in order: no gather
+                    d[r0:r1] = vals[pb] - vals[pa]
+                else:
+                    mm_ = w.machine[r0:r1]
+                    d[r0:r1] = vals[w.b_pt[r0:r1], mm_] - vals[w.a_pt[r0:r1], mm_]
+            sec_d, stops_d, cnt_d = d[:, :N_CLASSES], d[:, N_CLASSES], d[:, N_CLASSES + 1:].T
+        else:
+            b = np.clip(w.end, tl.origin, tl.now)
+            mm = np.concatenate([w.machine, w.machine])
+            xx = np.concatenate([a, b])
+            sec, stops = self._state_at(tl, mm, xx)
+            cnt = self._counts_at(mm, xx)
+            sec_d, stops_d, cnt_d = sec[n:] - sec[:n], stops[n:] - stops[:n], cnt[:, n:] - cnt[:, :n]
         x = np.zeros((n, fx.N_FEATURES))
-        x[:, :N_CLASSES] = sec[n:] - sec[:n]
+        x[:, :N_CLASSES] = sec_d
         # Time before the engine's origin is outside its memory: it counts as unknown.
         x[:, UNKNOWN] += a - np.minimum(w.start, a)
-        c = cnt[:, n:] - cnt[:, :n]
+        c = cnt_d
         total, reject, inp, good = c[C_TOTAL], c[C_REJECT], c[C_INPUT], c[C_GOOD]
         i_total, i_reject, i_good = c[N_CTR + C_TOTAL], c[N_CTR + C_REJECT], c[N_CTR + C_GOOD]
         # A PLC that counts good parts instead of rejects (or instead of totals): the missing counter is
         # the difference, so quality stays good / total (OEE-SEMANTICS.md section 2, "reported directly").
         dr = tl.derive_reject[w.machine]
         dt = tl.derive_total[w.machine]
-        reject = np.where(dr, total - good, reject)
-        i_reject = np.where(dr, i_total - i_good, i_reject)
-        total = np.where(dt, good + reject, total)
-        i_total = np.where(dt, i_good + i_reject, i_total)
+        if dr.any() or dt.any():
+            reject = np.where(dr, total - good, reject)
+            i_reject = np.where(dr, i_total - i_good, i_reject)
+            total = np.where(dt, good + reject, total)
+            i_total = np.where(dt, i_good + i_reject, i_total)
         x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = total, reject, inp
         x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = i_total, i_reject
-        x[:, fx.STOPS] = stops[n:] - stops[:n]
+        x[:, fx.STOPS] = stops_d
         x[:, fx.WINDOW] = w.end - w.start
         return x
 
