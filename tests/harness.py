@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 import paho.mqtt.client as mqtt
 import psutil
 import psycopg
@@ -33,6 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from psycopg import sql
 
+from oee_stream import bus
 from oee_stream.embedded import EmbeddedPostgres, free_port, process_alive, with_database
 
 T = TypeVar("T")
@@ -445,3 +447,19 @@ class MqttProbe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def first_counter_values(record: Path) -> dict[tuple[str, str], float]:
+    """(machine, signal) → the first good counter value in a bus recording (by source time): the baseline the
+    engine counts from, to compare its totals with a simulator ledger."""
+    first: dict[tuple[str, str], tuple[float, float]] = {}
+    for line in record.read_bytes().splitlines():
+        msg = orjson.loads(line)
+        if "/_status/" in msg["topic"] or "/_oee/" in msg["topic"] or msg["topic"].endswith("/_deadletter"):
+            continue
+        _conn, samples = bus.decode_samples(msg["topic"], msg["payload"].encode())
+        for s in samples:
+            key = (s.machine, s.signal)
+            if s.signal in ("total", "reject") and s.quality == "good" and (key not in first or s.ts < first[key][0]):
+                first[key] = (s.ts, float(s.value))  # type: ignore[arg-type]
+    return {k: v for k, (_, v) in first.items()}

@@ -12,16 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 
-from oee_stream import bus
 from oee_stream.config import load_plant
 from oee_stream.embedded import free_port
 from oee_stream.runtime import running_service
 from oee_stream.settings import Settings
 from oee_stream.simulators.runner import PlantSimulator
+from tests.harness import first_counter_values
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANT = ROOT / "simulators" / "plant-full.yaml"
@@ -31,21 +30,6 @@ RUN_S = 20.0  # the scripts show every new machine's micro stop, real stop and p
 SKIP_S = 5.0  # time classes are compared from here: every connector has delivered its first values
 SECONDS_TOL = 0.3  # Modbus stamps a change with the poll response (100 ms polls)
 KPI_TOL = 0.02
-
-
-def _first_counter_values(record: Path) -> dict[tuple[str, str], float]:
-    """(machine, signal) → the first good counter reading on the bus: the engine's baseline."""
-    first: dict[tuple[str, str], tuple[float, float]] = {}
-    for line in record.read_bytes().splitlines():
-        msg = orjson.loads(line)
-        if "/_status/" in msg["topic"] or "/_oee/" in msg["topic"] or msg["topic"].endswith("/_deadletter"):
-            continue
-        _conn, samples = bus.decode_samples(msg["topic"], msg["payload"].encode())
-        for s in samples:
-            key = (s.machine, s.signal)
-            if s.signal in ("total", "reject") and s.quality == "good" and (key not in first or s.ts < first[key][0]):
-                first[key] = (s.ts, float(s.value))  # type: ignore[arg-type]
-    return {k: v for k, (_, v) in first.items()}
 
 
 @pytest.mark.e2e
@@ -85,7 +69,7 @@ async def test_every_machine_type_matches_the_ledger(fresh_db_url: str, mqtt_url
         for c in run.connectors:
             assert c.stats.dropped == 0 and c.stats.source_errors == 0, c.stats.as_dict()
 
-    first = _first_counter_values(settings.record_path)  # type: ignore[arg-type]
+    first = first_counter_values(settings.record_path)  # type: ignore[arg-type]
     checked: dict[str, Any] = {}
     for m in machines:
         # Counts over the whole run: what the PLC counted before the connector's first reading is the

@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 
-from oee_stream import bus
 from oee_stream.config import load_plant
 from oee_stream.embedded import free_port
 from oee_stream.runtime import running_service
 from oee_stream.settings import Settings
 from oee_stream.simulators.runner import PlantSimulator
+from tests.harness import first_counter_values
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTAGE_S = 3.0
@@ -42,21 +41,6 @@ def _files(tmp: Path) -> tuple[Path, Path, Path]:
                           "linger_ms": 20}
         f.write_text(yaml.safe_dump(doc))
     return plant_path, conn_dir, scen_path
-
-
-def _first_counter_values(record: Path) -> dict[tuple[str, str], float]:
-    """(machine, signal) → the first good counter value on the recorded bus (by source time)."""
-    first: dict[tuple[str, str], tuple[float, float]] = {}
-    for line in record.read_bytes().splitlines():
-        msg = orjson.loads(line)
-        if "/_status/" in msg["topic"] or "/_oee/" in msg["topic"] or msg["topic"].endswith("/_deadletter"):
-            continue
-        _conn, samples = bus.decode_samples(msg["topic"], msg["payload"].encode())
-        for s in samples:
-            key = (s.machine, s.signal)
-            if s.signal in ("total", "reject") and s.quality == "good" and (key not in first or s.ts < first[key][0]):
-                first[key] = (s.ts, float(s.value))  # type: ignore[arg-type]
-    return {k: v for k, (_, v) in first.items()}
 
 
 async def _wait_reconnected(stats: Any, timeout_s: float = 30) -> float:
@@ -131,7 +115,7 @@ async def test_counts_survive_broker_and_plc_restarts(fresh_db_url: str, mqtt_br
                                                               [now] * len(machines))}
             # A counter's first sample is the engine's baseline: what the PLC counted before the connector
             # first read it (the simulator starts before the connectors) is not the engine's to count.
-            first = _first_counter_values(settings.record_path)  # type: ignore[arg-type]
+            first = first_counter_values(settings.record_path)  # type: ignore[arg-type]
             for m in machines:
                 truth = sim.ledger.summary(m, sim.t0, now, plant)
                 r = got[m]
