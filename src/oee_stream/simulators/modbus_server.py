@@ -20,10 +20,8 @@ starts with the latest registers, so no client ever reads zeros.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import struct
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +30,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
+from oee_stream.simulators.restartable import RestartableServer
 from oee_stream.simulators.simulate import SimEvent
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ class _Unit:
     bad: bool = False
 
 
-class ModbusSimServer:
+class ModbusSimServer(RestartableServer):
     def __init__(
         self,
         units: Mapping[str, int],  # machine id → unit (device) id
@@ -115,18 +114,6 @@ class ModbusSimServer:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    async def restart(self, down_s: float) -> float:
-        """Stop, stay down for `down_s` seconds, start again with the registers kept.
-
-        Returns the wall-clock time of the stop. Writes made meanwhile (the PLC keeps working) are served
-        by the restarted server.
-        """
-        t_stop = time.time()
-        await self.stop()
-        await asyncio.sleep(down_s)
-        await self.start()
-        return t_stop
 
     async def stop(self) -> None:
         """Stop serving; the registers are kept for a later `start()`."""

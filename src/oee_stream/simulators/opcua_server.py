@@ -18,9 +18,7 @@ source timestamps from its first request on.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -31,6 +29,7 @@ from asyncua.common.node import Node
 from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 
+from oee_stream.simulators.restartable import RestartableServer
 from oee_stream.simulators.simulate import SimEvent, Value
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def _status(code: int) -> ua.StatusCode:
     return ua.StatusCode(ua.UInt32(code))
 
 
-class OpcUaSimServer:
+class OpcUaSimServer(RestartableServer):
     def __init__(
         self,
         machines: Mapping[str, bool],  # machine id → is a rate machine
@@ -145,18 +144,6 @@ class OpcUaSimServer:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
-
-    async def restart(self, down_s: float) -> float:
-        """Stop, stay down for `down_s` seconds, start again with the PLC's values kept.
-
-        Returns the wall-clock time of the stop. Writes made meanwhile (the PLC keeps working) are shown
-        by the restarted server.
-        """
-        t_stop = time.time()
-        await self.stop()
-        await asyncio.sleep(down_s)
-        await self.start()
-        return t_stop
 
     async def write(self, ev: SimEvent) -> None:
         """Write every value of one event with the event's exact time and quality."""
