@@ -309,3 +309,55 @@ def test_stale_signal_tail_is_unknown_until_data_comes_back() -> None:
     eng.ingest([S("state", T0 + 250, 1)], now=T0 + 300)
     [r] = eng.range_results(T0 + 300, ["m1"], [T0], [T0 + 300])
     assert r.seconds["running"] == pytest.approx(300)
+
+
+def test_counter_first_sample_is_a_baseline_for_rejects_as_for_totals() -> None:
+    # Start-up: totals flow; the reject counter's value at connector start carries the source time of the
+    # last reject, hours ago (beyond allowed_lateness_s). It is kept as the reject baseline, so the first
+    # reject after start-up is counted, as the first total increment is.
+    eng = Engine(plant(policies={"allowed_lateness_s": 300}))
+    now = T0 + 3600
+    eng.ingest([S("state", T0, 1), S("total", T0, 1000), S("total", T0 + 600, 1600)], now=T0 + 601)
+    rep = eng.ingest([S("reject", T0 - 5 * 3600, 40), S("reject", T0 - 4 * 3600, 41)], now=T0 + 601)
+    assert rep.late_dropped == 1 and rep.accepted == 1  # the newest one is the baseline
+    eng.ingest([S("total", T0 + 1200, 2200), S("reject", T0 + 1200, 43)], now=now)
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.total == 1200 and r.reject == 2
+    # once a series has a baseline, a late sample is late again
+    assert eng.ingest([S("reject", T0 - 3 * 3600, 42)], now=now).late_dropped == 1
+
+
+def test_good_counter_reported_directly() -> None:
+    # A PLC with total and good counters (no reject counter): rejects are total - good.
+    machines = [{"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+                {"id": "m2", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+                {"id": "m3", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}}]
+    eng = Engine(plant(machines=machines))
+    now = T0 + 1000
+    eng.ingest([S("state", T0, 1), S("total", T0, 0), S("good", T0, 0), S("total", T0 + 900, 500),
+                S("good", T0 + 900, 480),
+                # good and reject, no total: total is good + reject
+                S("state", T0, 1, m="m2"), S("good", T0, 0, m="m2"), S("reject", T0, 0, m="m2"),
+                S("good", T0 + 900, 300, m="m2"), S("reject", T0 + 900, 10, m="m2"),
+                # all three: the semantics' good = total - reject, the PLC's good is informational
+                S("state", T0, 1, m="m3"), S("total", T0, 0, m="m3"), S("reject", T0, 0, m="m3"),
+                S("good", T0, 0, m="m3"), S("total", T0 + 900, 100, m="m3"), S("reject", T0 + 900, 5, m="m3"),
+                S("good", T0 + 900, 97, m="m3")], now=now)
+    r1, r2, r3 = eng.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
+    assert (r1.total, r1.reject, r1.good) == (500, 20, 480) and r1.quality == pytest.approx(0.96)
+    assert r1.six_big_losses_s["production_rejects"] == pytest.approx(20.0)
+    assert (r2.total, r2.reject, r2.good) == (310, 10, 300) and r2.net_run_time_s == pytest.approx(310.0)
+    assert (r3.total, r3.reject, r3.good) == (100, 5, 95)
+
+
+def test_operator_reasons_replace_the_reason_of_stop_time_only() -> None:
+    eng = Engine(classic_plant())
+    samples = [S("state", T0, 1), S("state", T0 + 60 * MIN, 0), S("state", T0 + 107 * MIN, 1)]
+    end = T0 + 480 * MIN
+    eng.ingest(samples, now=end)
+    # the operator says the first 30 min of the breakdown were a die change; the event he edited
+    # overlaps running time too, which stays running
+    eng.set_reason_overrides(["m1", "nope"], [T0 + 50 * MIN, T0], [T0 + 90 * MIN, T0 + 1], ["die change", "x"])
+    [r] = eng.range_results(end, ["m1"], [T0], [end])
+    assert r.downtime_by_reason_s == {"die change": pytest.approx(30 * MIN), "fault": pytest.approx(17 * MIN)}
+    assert r.seconds["running"] == pytest.approx(373 * MIN)

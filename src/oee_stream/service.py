@@ -1,8 +1,11 @@
 """The engine service: bus in, engine, results out to the bus and the database.
 
 One asyncio task reads the bus in batches, hands samples to the pure engine, and on every tick advances
-all windows, publishes each machine's current KPIs (retained) and writes every result to the database.
-Anything malformed goes to the dead-letter topic and table with its reason; nothing is dropped silently.
+all windows, publishes each machine's current KPIs (retained) and writes the results to the database.
+Only what changed is written: a result whose window is new or whose numbers differ from what was last
+written for that window (late data re-emits the windows it changes), and a state interval that is new or
+whose end, class or reason changed. Anything malformed goes to the dead-letter topic and table with its
+reason; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -36,7 +39,59 @@ class ServiceStats:
     dead_letters: int = 0
     late_dropped: int = 0
     ticks: int = 0
+    results_written: int = 0
+    results_unchanged: int = 0
+    intervals_written: int = 0
     last_results: list[KpiResult] = field(default_factory=list)
+
+
+ResultKey = tuple[str, str, str, float]  # entity kind, entity, window kind, start: the stored row's key
+IntervalKey = tuple[str, float]  # machine, start
+
+
+def result_key(r: KpiResult) -> ResultKey:
+    return (r.entity_kind, r.entity, r.window, r.start)
+
+
+def result_signature(r: KpiResult) -> tuple[Any, ...]:
+    """Everything a stored result row holds (computed_at aside): equal signatures need no new write."""
+    return tuple(getattr(r, f) if not isinstance(getattr(r, f), dict | list) else repr(getattr(r, f))
+                 for f in r.__slots__)
+
+
+class ChangeFilter:
+    """What was last written per result window and per state interval, to write only what changed.
+
+    Keys no longer emitted by the engine (windows past the lateness horizon, intervals that ended before
+    it) are forgotten, so the memory is bounded by one tick's output.
+    """
+
+    def __init__(self) -> None:
+        self.results: dict[ResultKey, tuple[Any, ...]] = {}
+        self.intervals: dict[IntervalKey, tuple[Any, ...]] = {}
+
+    def changed_results(self, results: list[KpiResult]) -> list[KpiResult]:
+        out: list[KpiResult] = []
+        seen: dict[ResultKey, tuple[Any, ...]] = {}
+        for r in results:
+            k = result_key(r)
+            sig = result_signature(r)
+            seen[k] = sig
+            if self.results.get(k) != sig:
+                out.append(r)
+        self.results = seen
+        return out
+
+    def changed_intervals(self, intervals: list[StateInterval], since: float) -> list[StateInterval]:
+        out: list[StateInterval] = []
+        for iv in intervals:
+            k = (iv.machine, iv.start)
+            sig = (iv.end, iv.time_class, iv.reason, iv.reason_source)
+            if self.intervals.get(k) != sig:
+                out.append(iv)
+                self.intervals[k] = sig
+        self.intervals = {k: v for k, v in self.intervals.items() if v[0] is None or v[0] > since}
+        return out
 
 
 @dataclass
@@ -124,6 +179,7 @@ class EngineService:
         self._record_file: Any = None
         self._bus: bus.BusClient | None = None
         self._dups_seen = 0  # engine duplicates already counted in the Prometheus counter
+        self.changes = ChangeFilter()
 
     async def run(self) -> None:
         subs = [f"{bus.PREFIX}/{self.site}/+/+"]
@@ -214,14 +270,21 @@ class EngineService:
                                              orjson.dumps(r.to_json()), qos=1, retain=True)
                     metrics.RESULTS_PUBLISHED.inc()
         if self.writer is not None and self.stats.ticks % self.write_every_ticks == 0:
-            await self.writer.write_results(results)
+            changed = self.changes.changed_results(results)
+            self.stats.results_written += len(changed)
+            self.stats.results_unchanged += len(results) - len(changed)
+            if changed:
+                await self.writer.write_results(changed)
             since = now - self.plant.policies.allowed_lateness_s - 10 * self.tick_s
-            await self.writer.write_state_intervals([
+            intervals = self.changes.changed_intervals([
                 StateInterval(m, a, b, cls, reason,
                               None if not reason else ("rule" if reason in BUILTIN_REASONS else "plc"))
                 for m, a, b, cls, reason in self.engine.state_intervals(now, since)
                 if cls != "unscheduled"
-            ])
+            ], since)
+            self.stats.intervals_written += len(intervals)
+            if intervals:
+                await self.writer.write_state_intervals(intervals)
             metrics.DB_WRITE_RETRIES.set(self.writer.retries)
             metrics.DB_DROPPED_ROWS.set(self.writer.dropped_rows)
             metrics.DB_BUFFERED_ROWS.set(self.writer.buffered_rows)

@@ -491,12 +491,17 @@ class Engine:
         self.offline_since = np.full(self.cp.n, np.nan)
         self._sessions: dict[str, str] = {}
         self.stats = EngineStats()
+        self._ser_known = np.zeros((self.cp.n, N_CTR), np.bool_)  # counter series with a sample accepted
         self._pending: list[Cols] = []
         self._multi_product = np.array([len(p) > 1 for p in self.cp.product_names], np.bool_)
         self._any_multi = bool(self._multi_product.any())
         self._timeline: Timeline | None = None
         self._win_cache: dict[tuple[int, str], tuple[float, float, list[tuple[int, float, float, str | None]]]] = {}
         self._cursors: dict[tuple[Any, ...], _Cursor] = {}
+        e_i = np.zeros(0, np.int64)
+        e_f = np.zeros(0, np.float64)
+        self._ovr: tuple[I64, F64, F64, I64] = (e_i, e_f, e_f, e_i)  # operator reasons: machine, start, end, reason
+        self._ovr_names: tuple[str, ...] = self.cp.reasons
         self._reset_derived()
 
     # ------------------------------------------------------------------ state
@@ -654,10 +659,17 @@ class Engine:
         lag = np.zeros(n)
         lag[ok] = self.watermark[m[ok]] - t[ok]
         late = ok & (lag > self.policies.allowed_lateness_s)
-        if self.origin is not None:
-            late |= ok & (t < self.origin)
-            lag = np.where(ok & (t < self.origin), np.maximum(lag, self.origin - t), lag)
+        if late.any():
+            late &= ~self._baselines(late, mc, s, t, good)
+        if self.origin is not None and (ok & (t < self.origin)).any():
+            # Older than the engine's memory (an initial value with its original source time): it holds
+            # from the origin on, like the anchors kept when old samples are pruned.
+            t = np.where(ok & (t < self.origin), self.origin, t)
         keep = ok & ~late
+        if keep.any():
+            cs = _SIG_CTR[np.clip(s[keep], 0, N_SIGNALS - 1)]
+            ck = (cs >= 0) & (s[keep] >= 0)
+            self._ser_known[mc[keep][ck], cs[ck]] = True
         n_keep = int(keep.sum())
         if n_keep:
             if n_keep == n:
@@ -678,6 +690,31 @@ class Engine:
         self.stats.late_dropped += rep.late_dropped
         self.stats.rejected += len(rep.rejected)
         return rep
+
+    def _baselines(self, late: B, m: I64, s: I8, t: F64, good: B) -> B:
+        """Late samples that are the first ever of their counter series: kept as the series' baseline.
+
+        A counter's first sample only sets the value the next one is compared with; it counts nothing, so
+        folding it in changes no window. Without it, a rarely changing counter -- typically rejects, whose
+        value at connector start carries the source time of the last reject, hours ago -- would lose its
+        first increment after a start-up, where totals (changing every cycle) lose nothing noticeable.
+        Only the newest such sample per series is kept."""
+        k = _SIG_CTR[np.clip(s, 0, N_SIGNALS - 1)]
+        cand = np.flatnonzero(late & (k >= 0) & (s >= 0) & good)
+        out = np.zeros(len(late), np.bool_)
+        if not len(cand):
+            return out
+        cm, ck = m[cand], k[cand]
+        new = ~self._ser_known[cm, ck]
+        cand, cm, ck = cand[new], cm[new], ck[new]
+        if not len(cand):
+            return out
+        order = np.lexsort((t[cand], ck, cm))
+        cand, cm, ck = cand[order], cm[order], ck[order]
+        last = np.ones(len(cand), np.bool_)
+        last[:-1] = (cm[1:] != cm[:-1]) | (ck[1:] != ck[:-1])
+        out[cand[last]] = True
+        return out
 
     def _raise_watermark(self, m: I64, t: F64) -> None:
         if len(t) > 1024 and not (t[1:] < t[:-1]).any():
@@ -1582,6 +1619,31 @@ class Engine:
         t1 = np.minimum(np.concatenate(t1s), b[r])
         return r, t0, t1, np.concatenate(cs).astype(np.int8), np.concatenate(rs)
 
+    def set_reason_overrides(self, machines: Sequence[str], starts: Sequence[float], ends: Sequence[float],
+                             reasons: Sequence[str]) -> None:
+        """Operator-assigned reasons of downtime events (replacing any set before): stop time of the machine
+        inside [start, end) is booked under the operator's reason in `downtime_by_reason_s`. Time that was
+        running (or anything that is not a stop) is never changed (OEE-SEMANTICS.md section 1). The engine
+        has no database: the service hands it the operator's entries."""
+        idx = [self.cp.index[m] for m in machines if m in self.cp.index]
+        keep = [i for i, m in enumerate(machines) if m in self.cp.index]
+        names = list(self.cp.reasons)
+        lookup = {n: i for i, n in enumerate(names)}
+        code = []
+        for i in keep:
+            r = reasons[i]
+            if r not in lookup:
+                lookup[r] = len(names)
+                names.append(r)
+            code.append(lookup[r])
+        m = np.array(idx, np.int64)
+        a = np.array([starts[i] for i in keep], np.float64)
+        e = np.array([ends[i] for i in keep], np.float64)
+        order = np.lexsort((a, m))
+        self._ovr = (m[order], a[order], e[order], np.array(code, np.int64)[order])
+        self._ovr_names = tuple(names)
+        self._timeline = None
+
     def downtime_by_reason(self, tl: Timeline, w: WindowSet) -> dict[int, dict[str, float]]:
         """Production seconds of planned, unplanned and micro stops per reason for every window row."""
         a = np.clip(w.start, tl.origin, tl.now)
@@ -1591,14 +1653,36 @@ class Engine:
         r, t0, t1, rs = r[stop], t0[stop], t1[stop], rs[stop]
         mr = w.machine[r]
         sec = self._prod(mr, t1) - self._prod(mr, t0)
+        om, oa, oe, oc = self._ovr
+        if len(om) and len(r):
+            # The parts of each stop piece inside an operator's event move to the operator's reason.
+            span = self._span
+            base = tl.origin
+            k_end = om.astype(np.float64) * span + (oe - base)
+            k_start = om.astype(np.float64) * span + (oa - base)
+            j0 = np.searchsorted(k_end, mr.astype(np.float64) * span + (t0 - base), side="right")
+            j1 = np.searchsorted(k_start, mr.astype(np.float64) * span + (t1 - base), side="left")
+            cnt = np.maximum(j1 - j0, 0)
+            pi = np.repeat(np.arange(len(r)), cnt)
+            jj = _ranges(j0, cnt)
+            lo = np.maximum(t0[pi], oa[jj])
+            hi = np.minimum(t1[pi], oe[jj])
+            ok = hi > lo
+            pi, jj, lo, hi = pi[ok], jj[ok], lo[ok], hi[ok]
+            cov = self._prod(mr[pi], hi) - self._prod(mr[pi], lo)
+            sec = sec - np.bincount(pi, weights=cov, minlength=len(r))
+            r = np.concatenate([r, r[pi]])
+            rs = np.concatenate([rs, oc[jj]])
+            sec = np.concatenate([sec, cov])
         out: dict[int, dict[str, float]] = {}
-        reasons = self.cp.reasons
-        for row, reason_i, s in zip(r.tolist(), rs.tolist(), sec.tolist(), strict=True):
-            if s <= 0:
+        reasons = self._ovr_names
+        eps = 1e-9 if len(om) else 0.0  # what is left of a piece after an operator's part: rounding only
+        for row, reason_i, s_ in zip(r.tolist(), rs.tolist(), sec.tolist(), strict=True):
+            if s_ <= eps:
                 continue
             d = out.setdefault(row, {})
             name = reasons[reason_i] or "unspecified"
-            d[name] = d.get(name, 0.0) + s
+            d[name] = d.get(name, 0.0) + s_
         return out
 
     # ------------------------------------------------------------------ results

@@ -1,0 +1,71 @@
+"""The engine service writes only what changed: new windows, windows whose numbers changed, new or
+changed state intervals; late data re-emits the windows it changes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from oee_stream import bus
+from oee_stream.bus import Sample
+from oee_stream.engine import KpiResult
+from oee_stream.service import EngineService
+from oee_stream.storage.writer import StateInterval
+from tests.engine_fixtures import plant
+
+T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC).timestamp()
+
+
+class FakeWriter:
+    retries = 0
+    dropped_rows = 0
+    buffered_rows = 0
+
+    def __init__(self) -> None:
+        self.results: list[list[KpiResult]] = []
+        self.intervals: list[list[StateInterval]] = []
+
+    async def write_results(self, results: Any) -> None:
+        self.results.append(list(results))
+
+    async def write_state_intervals(self, intervals: Any) -> None:
+        self.intervals.append(list(intervals))
+
+
+def _service(clock: list[float]) -> tuple[EngineService, FakeWriter]:
+    w = FakeWriter()
+    svc = EngineService(plant(policies={"allowed_lateness_s": 3600}), bus.MqttSettings(), w,  # type: ignore[arg-type]
+                        clock=lambda: clock[0])
+    return svc, w
+
+
+async def test_only_changed_results_and_intervals_are_written() -> None:
+    clock = [T0 + 5400.0]
+    svc, w = _service(clock)
+    eng = svc.engine
+    eng.ingest([Sample("m1", "state", T0, 1), Sample("m1", "total", T0, 0), Sample("m1", "total", T0 + 3000, 900),
+                Sample("m1", "state", T0 + 3600, 0)], now=clock[0])
+    first = await svc.tick()
+    assert len(w.results[-1]) == len(first)  # everything is new
+    assert {(i.start, i.end) for i in w.intervals[-1] if i.time_class != "unknown"} == \
+        {(T0, T0 + 3600), (T0 + 3600, None)}
+    clock[0] += 1.0
+    second = await svc.tick()
+    written = w.results[-1]
+    # windows that slide or grow with now changed; the hour 06:00-07:00, closed and unchanged, did not
+    closed = [r for r in second if r.window == "hour" and r.end <= T0 + 3600]
+    assert closed and not any(r.window == "hour" and r.end <= T0 + 3600 for r in written)
+    assert len(written) < len(second)
+    assert len(w.intervals) == 1  # the open stop is still the same interval: nothing to write
+    # a stop reported late inside the closed hour changes it: written again, and so is the interval
+    eng.ingest([Sample("m1", "state", T0 + 1800, 0)], now=clock[0])
+    clock[0] += 1.0
+    await svc.tick()
+    again = [r for r in w.results[-1] if r.window == "hour" and r.start == T0 and r.entity == "m1"]
+    assert again and again[0].seconds["unplanned_stop"] == 1800
+    assert {(i.start, i.end) for i in w.intervals[-1]} == {(T0, T0 + 1800), (T0 + 1800, None)}
+    # the stop ends: the interval's end changes and a new one opens
+    eng.ingest([Sample("m1", "state", clock[0] - 0.5, 1)], now=clock[0])
+    clock[0] += 1.0
+    await svc.tick()
+    assert {(i.start, i.end is None) for i in w.intervals[-1]} == {(T0 + 1800, False), (clock[0] - 1.5, True)}
