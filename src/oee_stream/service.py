@@ -28,6 +28,9 @@ from oee_stream.storage.writer import StateInterval, StorageWriter
 
 log = structlog.get_logger("oee.engine")
 
+# Signals the engine reads: the bus's KPI signals and a PLC's own good-parts counter (see docs/engine.md).
+ENGINE_SIGNALS = (*bus.KPI_SIGNALS, "good")
+
 # Windows published on the bus for wallboards; every window goes to the database.
 PUBLISHED_WINDOWS = ("15m", "1h", "shift")
 
@@ -138,7 +141,7 @@ def apply_messages(engine: Engine, batch: list[bus.Message], now: float) -> Appl
         else:
             out.dead.append((f"{s.machine}/{s.signal}", orjson.dumps({"ts": s.ts, "value": s.value}),
                              f"unknown machine {s.machine!r}: not in the plant model"))
-    kpi = [s for s in known if s.signal in bus.KPI_SIGNALS]
+    kpi = [s for s in known if s.signal in ENGINE_SIGNALS]
     refused: set[int] = set()
     if kpi:
         rep = engine.ingest(kpi, now=now)

@@ -93,6 +93,11 @@ _SIG_CTR = np.full(N_SIGNALS, -1, np.int64)
 _SIG_CTR[[TOTAL, REJECT, INPUT, GOOD_COUNT]] = [C_TOTAL, C_REJECT, C_INPUT, C_GOOD]
 _IS_COUNTER = _SIG_CTR >= 0
 
+# Columns of an instant's values (Engine._point): the feature columns before the window column, then the
+# good counter and its ideal seconds.
+P_GOOD, P_IDEAL_GOOD = fx.WINDOW, fx.WINDOW + 1
+N_POINT = fx.WINDOW + 2
+
 # Tail columns per machine: the last state row, three transient rows (offline, no count, stale), `now`.
 N_TAIL = 4
 
@@ -163,6 +168,8 @@ class Timeline:
     fix_p_end: F64  # production seconds at tt[:, 0]
     tail_stops: F64  # (M, N_TAIL) start times of counted stops that begin in the tail, inf where none
     has_tail_stop: B
+    tail_id: int  # counts timelines; consecutive ids let fixed instants reuse values (Engine._point)
+    tail_changed: B  # machines whose open end differs from the previous timeline's
     ttT: F64  # tt, tp, tc transposed (contiguous per tail column)
     tpT: F64
     tcT: I64
@@ -363,6 +370,9 @@ class _Cursor:
     c_vals: F64  # (series, 2) cumulative values before x
     s_dirty: B
     c_dirty: B
+    vals: F64 | None = None  # the point's values at the last tick (fixed instants only)
+    epoch: int = -1  # Engine._epoch when the cursor last moved
+    tail_id: int = -1  # the Timeline they were computed with
 
 
 class _CalendarCache:
@@ -529,6 +539,9 @@ class Engine:
         self._rolls = np.zeros(n, np.int64)
         self._seen = np.zeros((n, N_SIGNALS), np.bool_)
         self._cursors = {}
+        self._tail_sig: tuple[Any, ...] | None = None
+        self._epoch = 0  # counts changes of the derived tables
+        self._tail_id = 0
 
     def _init_arenas(self, origin: float) -> None:
         n = self.cp.n
@@ -537,12 +550,12 @@ class Engine:
                       for c in self.cp.calendar_names]
         self._sa = _Arena(n, self._span, origin, {"cls": (np.int8, 1), "reason": (np.int32, 1),
                                                   "scum": (np.float64, N_CLASSES), "stops": (np.float64, 1),
-                                                  "flag": (np.int8, 1)})
+                                                  "flag": (np.int8, 1), "p": (np.float64, 1)})
         self._ca = _Arena(n * N_CTR, self._span, origin, {"cum": (np.float64, 2)})
         machines = np.arange(n, dtype=np.int64)
         self._sa.append(machines, np.full(n, origin), cls=np.full(n, UNKNOWN, np.int8),
                         reason=np.full(n, R_NO_DATA, np.int32), scum=np.zeros((n, N_CLASSES)),
-                        stops=np.zeros(n), flag=np.zeros(n, np.int8))
+                        stops=np.zeros(n), flag=np.zeros(n, np.int8), p=np.zeros(n))
         self._ready = True
 
     def memory_bytes(self) -> int:
@@ -847,6 +860,7 @@ class Engine:
         self._derive(m, s, t, v, q)
 
     def _forget(self, ms: I64) -> None:
+        self._epoch += 1
         n_ctr = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
         self._sa.truncate(ms, np.ones(len(ms), np.int64))  # the origin row stays
         self._ca.truncate(n_ctr, np.zeros(len(n_ctr), np.int64))
@@ -912,6 +926,7 @@ class Engine:
         their machines (or all of a machine's samples after `_forget`)."""
         if len(t) == 0:
             return
+        self._epoch += 1
         cp = self.cp
         assert self.origin is not None
         origin, span = self.origin, self._span
@@ -1151,7 +1166,7 @@ class Engine:
         scum = _seg_cumsum(contrib, rfirst, sa.cols["scum"][fpos])
         stops = _seg_cumsum(pflag.astype(np.float64), rfirst, sa.cols["stops"][fpos])
         apos = sa.append(rm, rt, cls=rc, reason=rr.astype(np.int32), scum=scum, stops=stops,
-                         flag=stop_start.astype(np.int8))
+                         flag=stop_start.astype(np.int8), p=p_now)
         # carry the open stop (its first row's index in the segment)
         om = rm[rlast]
         self._run_pos[om] = -1
@@ -1188,17 +1203,25 @@ class Engine:
         else:
             st_t = np.full(n_m, np.inf)
             st_ok = np.zeros(n_m, np.bool_)
-        xt = np.stack([np.where(off_ok, off, now), np.where(nc_ok, nc_t, now), np.where(st_ok, st_t, now)], axis=1)
-        xc = np.stack([np.where(off_ok, UNKNOWN, UNKNOWN), np.where(nc_ok, UNPLANNED_STOP, UNKNOWN),
-                       np.full(n_m, UNKNOWN)], axis=1).astype(np.int8)
-        xr = np.stack([np.where(off_ok, R_OFFLINE, R_NONE), np.where(nc_ok, R_NO_COUNT, R_NONE),
-                       np.where(st_ok, R_STALE, R_NONE)], axis=1).astype(np.int64)
-        xp = np.stack([off_ok, nc_ok, st_ok], axis=1)
-        order = np.argsort(xt, axis=1, kind="stable")
-        xt = np.take_along_axis(xt, order, 1)
-        xc = np.take_along_axis(xc, order, 1)
-        xr = np.take_along_axis(xr, order, 1)
-        xp = np.take_along_axis(xp, order, 1)
+        any_transient = bool(off_ok.any() or nc_ok.any() or st_ok.any())
+        if any_transient:
+            xt = np.stack([np.where(off_ok, off, now), np.where(nc_ok, nc_t, now), np.where(st_ok, st_t, now)],
+                          axis=1)
+            xc = np.stack([np.full(n_m, UNKNOWN), np.where(nc_ok, UNPLANNED_STOP, UNKNOWN),
+                           np.full(n_m, UNKNOWN)], axis=1).astype(np.int8)
+            xr = np.stack([np.where(off_ok, R_OFFLINE, R_NONE), np.where(nc_ok, R_NO_COUNT, R_NONE),
+                           np.where(st_ok, R_STALE, R_NONE)], axis=1).astype(np.int64)
+            xp = np.stack([off_ok, nc_ok, st_ok], axis=1)
+            order = np.argsort(xt, axis=1, kind="stable")
+            xt = np.take_along_axis(xt, order, 1)
+            xc = np.take_along_axis(xc, order, 1)
+            xr = np.take_along_axis(xr, order, 1)
+            xp = np.take_along_axis(xp, order, 1)
+        else:  # the usual case: every machine's open end is just its last row
+            xt = np.full((n_m, N_TAIL - 1), now)
+            xc = np.full((n_m, N_TAIL - 1), UNKNOWN, np.int8)
+            xr = np.full((n_m, N_TAIL - 1), R_NONE, np.int64)
+            xp = np.zeros((n_m, N_TAIL - 1), np.bool_)
         tt = np.concatenate([t0[:, None], xt, np.full((n_m, 1), now)], axis=1)
         tc = np.concatenate([c0[:, None], xc], axis=1)
         tr = np.concatenate([r0[:, None], xr], axis=1)
@@ -1230,10 +1253,29 @@ class Engine:
             flat[ci[ccls != CAL_PRODUCTION]] = np.inf
             stop_t = flat.reshape(n_m, N_TAIL)
         fix = u[:, 0] & micro[:, 0] & has_run
-        rep = np.repeat(machines, N_TAIL + 1)
-        tp = self._prod(rep, tt.ravel()).reshape(n_m, N_TAIL + 1)
+        # production seconds at the tail rows: the last row's is stored, now's is one per calendar
+        tp = np.empty((n_m, N_TAIL + 1))
+        tp[:, 0] = sa.cols["p"][lpos]
+        p_now = self._cal_at(machines, now, CAL_PRODUCTION)
+        tp[:, 1:] = p_now[:, None]
+        if any_transient:
+            pi, pj = np.nonzero(xp)
+            tp[pi, pj + 1] = self._prod(pi.astype(np.int64), xt[pi, pj])
         run_t = np.where(fix, self._run_t, t0)
-        run_p = self._prod(machines, run_t)
+        run_p = tp[:, 0].copy()
+        if fix.any():
+            fi = np.flatnonzero(fix)
+            run_p[fi] = self._prod(fi, run_t[fi])
+        # what fixed instants need to know: which machines' open end changed since the last timeline
+        sig = (sa.len.copy(), np.where(present, tt[:, :N_TAIL], np.inf), tc, fix, np.where(fix, run_t, 0.0))
+        prev = self._tail_sig
+        if prev is None:
+            tail_changed = np.ones(n_m, np.bool_)
+        else:
+            tail_changed = ((sig[0] != prev[0]) | (sig[1] != prev[1]).any(axis=1) | (sig[2] != prev[2]).any(axis=1)
+                            | (sig[3] != prev[3]) | (sig[4] != prev[4]))
+        self._tail_sig = sig
+        self._tail_id += 1
         # current state: the last present tail row, under the calendar at now
         jcur = N_TAIL - 1 - np.argmax(present[:, ::-1], axis=1)
         cur_c = tc[machines, jcur].astype(np.int64)
@@ -1254,7 +1296,8 @@ class Engine:
         return Timeline(
             now=now, origin=origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
             run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t,
-            has_tail_stop=np.asarray(np.isfinite(stop_t).any(axis=1)), ttT=np.ascontiguousarray(tt.T),
+            has_tail_stop=np.asarray(np.isfinite(stop_t).any(axis=1)), tail_id=self._tail_id,
+            tail_changed=tail_changed, ttT=np.ascontiguousarray(tt.T),
             tpT=np.ascontiguousarray(tp.T), tcT=np.ascontiguousarray(tc.T.astype(np.int64)), cur_cls=cur_cls.astype(np.int64),
             cur_reason=cur_reason.astype(np.int64), cur_since=cur_since, cur_product=self._cur_p.copy(),
             resets=self._resets.copy(), rollovers=self._rolls.copy(), derive_reject=derive_reject,
@@ -1273,7 +1316,7 @@ class Engine:
         out[:, N_CLASSES + 1] = sa.cols["flag"][pos]
         out[:, N_CLASSES + 2] = sa.t[pos]
         out[:, N_CLASSES + 3] = sa.cols["cls"][pos]
-        out[:, N_CLASSES + 4] = self._prod(m, out[:, N_CLASSES + 2])
+        out[:, N_CLASSES + 4] = sa.cols["p"][pos]
         return out
 
     def _cal_at(self, m: I64, x: float, k: int) -> F64:
@@ -1342,7 +1385,7 @@ class Engine:
         vals = np.where(has[:, None], ca.cols["cum"][np.maximum(i - 1, 0)], 0.0)  # (n * N_CTR, 2)
         return vals.reshape(n, N_CTR, 2).transpose(2, 1, 0).reshape(2 * N_CTR, n)
 
-    def _cursor(self, key: tuple[Any, ...], x: float) -> tuple[I64, F64, F64]:
+    def _cursor(self, key: tuple[Any, ...], x: float) -> tuple[I64, F64, F64, B]:
         """For every machine, at x: the position and `_row_data` of the last state row at or before x,
         and (machines * N_CTR, 2) counter values before x.
 
@@ -1353,6 +1396,9 @@ class Engine:
         sa, ca = self._sa, self._ca
         n_m = self.cp.n
         cur = self._cursors.get(key)
+        if cur is not None and x == cur.x and cur.epoch == self._epoch and not cur.s_dirty.any():
+            # nothing was derived since and the instant did not move: nothing can have moved
+            return sa.start + cur.s_idx, cur.s_rows, cur.c_vals, np.zeros(n_m, np.bool_)
         if cur is None or x < cur.x:
             ms = np.arange(n_m, dtype=np.int64)
             used = np.flatnonzero(ca.len > 0)
@@ -1398,8 +1444,12 @@ class Engine:
             cur.c_vals[ci] = np.where(has[:, None], ca.cols["cum"][ca.start[ci] + np.maximum(c_idx[ci] - 1, 0)], 0.0)
         cur.s_dirty[:] = False
         cur.c_dirty[:] = False
+        cur.epoch = self._epoch
         self._cursors[key] = cur
-        return sa.start + cur.s_idx, cur.s_rows, cur.c_vals
+        moved = np.zeros(n_m, np.bool_)
+        moved[s_moved] = True
+        moved[c_moved // N_CTR] = True
+        return sa.start + cur.s_idx, cur.s_rows, cur.c_vals, moved
 
     def _clamp_cursors(self, ms: I64) -> None:
         """Rows of these machines from their current lengths on were dropped (and may come back
@@ -1413,7 +1463,11 @@ class Engine:
             cur.c_dirty[cs] = True
 
     def _point(self, tl: Timeline, key: tuple[Any, ...], out: F64) -> None:
-        """(machines, 7 + 1 + 2 * N_CTR): class seconds, stops and counters before one shared instant."""
+        """(machines, 7 + 1 + 2 * N_CTR): class seconds, stops and counters before one shared instant.
+
+        A fixed instant (a window start, or the end of a closed window) keeps its values between ticks:
+        only machines whose rows at or before it changed, or whose open end changed, are computed again.
+        """
         n_m = self.cp.n
         if key[0] == "now":
             x = tl.now
@@ -1422,45 +1476,74 @@ class Engine:
         else:
             x = float(key[1])
         x = min(max(x, tl.origin), tl.now)
-        ms = np.arange(n_m, dtype=np.int64)
-        xs = np.full(n_m, x)
         if x >= tl.now:  # everything derived is before now: the ends of the tables
             pos = tl.last_pos
-            rows = self._row_data(pos, ms)
-            cvals = self._cend
+            self._point_rows(tl, x, None, pos, self._row_data(pos, np.arange(n_m, dtype=np.int64)), self._cend, out)
+            return
+        pos, rows, cvals, moved = self._cursor(key, x)
+        cur = self._cursors[key]
+        if key[0] != "at" or cur.vals is None or cur.tail_id != tl.tail_id - 1:
+            self._point_rows(tl, x, None, pos, rows, cvals, out)
         else:
-            pos, rows, cvals = self._cursor(key, x)
-        # _state_at for every machine at one shared x, written out with whole columns (no gathers by m)
-        del xs
+            need = np.flatnonzero(moved | tl.tail_changed)
+            out[:] = cur.vals
+            if len(need):
+                sub = np.empty((len(need), out.shape[1]))
+                self._point_rows(tl, x, need, pos[need], rows[need],
+                                 cvals.reshape(n_m, N_CTR, 2)[need].reshape(-1, 2), sub)
+                out[need] = sub
+        if key[0] == "at":
+            cur.vals = out.copy()
+            cur.tail_id = tl.tail_id
+
+    def _point_rows(self, tl: Timeline, x: float, idx: I64 | None, pos: I64, rows: F64, cvals: F64,
+                    out: F64) -> None:
+        """`_state_at` and `_counts_at` at one shared x for the machines idx (None: all, in order), written
+        with whole columns into out (len(idx), columns)."""
+        n = len(pos)
+        ms = np.arange(n, dtype=np.int64) if idx is None else idx
+
+        def col(a: Any) -> Any:
+            return a if idx is None else a[idx]
+
         px = self._cal_at(ms, x, CAL_PRODUCTION)
         sec = out[:, :N_CLASSES]
         sec[:] = rows[:, :N_CLASSES]
         flat = out.reshape(-1)  # out is a C-contiguous (machines, columns) block: 1-D fancy indexing is cheaper
-        base = ms * out.shape[1]
+        base = np.arange(n, dtype=np.int64) * out.shape[1]
         t_row = rows[:, N_CLASSES + 2]
-        body = pos < tl.last_pos
+        body = pos < col(tl.last_pos)
         b = np.flatnonzero(body)
         flat[base[b] + rows[b, N_CLASSES + 3].astype(np.int64)] += px[b] - rows[b, N_CLASSES + 4]
         tl_ = np.flatnonzero(~body)
         if len(tl_):
+            mt = tl_ if idx is None else idx[tl_]
             pxt = px[tl_]
             for j in range(N_TAIL):
-                lo, hi = tl.ttT[j][tl_], tl.ttT[j + 1][tl_]
-                add = np.where(x > lo, np.where(x >= hi, tl.tpT[j + 1][tl_], pxt) - tl.tpT[j][tl_], 0.0)
-                flat[base[tl_] + tl.tcT[j][tl_]] += add
-        f = np.flatnonzero(tl.fix & (x > tl.run_t))
+                lo, hi = tl.ttT[j][mt], tl.ttT[j + 1][mt]
+                add = np.where(x > lo, np.where(x >= hi, tl.tpT[j + 1][mt], pxt) - tl.tpT[j][mt], 0.0)
+                flat[base[tl_] + tl.tcT[j][mt]] += add
+        f = np.flatnonzero(col(tl.fix) & (x > col(tl.run_t)))
         if len(f):
-            amt = np.where(x >= tl.ttT[0][f], tl.fix_p_end[f], px[f]) - tl.run_p[f]
+            mf = f if idx is None else idx[f]
+            amt = np.where(x >= tl.ttT[0][mf], tl.fix_p_end[mf], px[f]) - tl.run_p[mf]
             sec[f, UNPLANNED_STOP] -= amt
             sec[f, MICRO_STOP] += amt
         sec[:, UNSCHEDULED] += self._cal_at(ms, x, 0)
         sec[:, PLANNED_EXCLUDED] += self._cal_at(ms, x, CAL_EXCLUDED)
         stops = rows[:, N_CLASSES] + ((rows[:, N_CLASSES + 1] == 1) & (t_row < x))
-        ts = np.flatnonzero(tl.has_tail_stop)
+        ts = np.flatnonzero(col(tl.has_tail_stop))
         if len(ts):
-            stops[ts] += (tl.tail_stops[ts] < x).sum(axis=1)
-        out[:, N_CLASSES] = stops
-        out[:, N_CLASSES + 1:].reshape(n_m, 2, N_CTR)[:] = cvals.reshape(n_m, N_CTR, 2).transpose(0, 2, 1)
+            stops[ts] += (tl.tail_stops[ts if idx is None else idx[ts]] < x).sum(axis=1)
+        out[:, fx.STOPS] = stops
+        c3 = cvals.reshape(n, N_CTR, 2)
+        out[:, fx.TOTAL] = c3[:, C_TOTAL, 0]
+        out[:, fx.REJECT] = c3[:, C_REJECT, 0]
+        out[:, fx.INPUT] = c3[:, C_INPUT, 0]
+        out[:, fx.IDEAL_TOTAL] = c3[:, C_TOTAL, 1]
+        out[:, fx.IDEAL_REJECT] = c3[:, C_REJECT, 1]
+        out[:, P_GOOD] = c3[:, C_GOOD, 0]
+        out[:, P_IDEAL_GOOD] = c3[:, C_GOOD, 1]
 
     # ------------------------------------------------------------------ windows
 
@@ -1543,45 +1626,55 @@ class Engine:
         a = np.clip(w.start, tl.origin, tl.now)
         n = len(a)
         if w.points and w.a_pt is not None and w.b_pt is not None:
-            vals = np.empty((len(w.points), self.cp.n, N_CLASSES + 1 + 2 * N_CTR))
+            vals = np.empty((len(w.points), self.cp.n, N_POINT))
             for p_i, key in enumerate(w.points):
                 self._point(tl, key, vals[p_i])
-            d = np.empty((n, vals.shape[2]))
+            # point columns are the feature columns (plus good counters): one subtraction per block
+            d = np.empty((n, N_POINT))
             for r0, r1, pa, pb in w.blocks or ((0, n, -1, -1),):
                 if pa >= 0 and r1 - r0 == self.cp.n:  # every machine in order: no gather
-                    d[r0:r1] = vals[pb] - vals[pa]
+                    np.subtract(vals[pb], vals[pa], out=d[r0:r1])
                 else:
                     mm_ = w.machine[r0:r1]
                     d[r0:r1] = vals[w.b_pt[r0:r1], mm_] - vals[w.a_pt[r0:r1], mm_]
-            sec_d, stops_d, cnt_d = d[:, :N_CLASSES], d[:, N_CLASSES], d[:, N_CLASSES + 1:].T
-        else:
-            b = np.clip(w.end, tl.origin, tl.now)
-            mm = np.concatenate([w.machine, w.machine])
-            xx = np.concatenate([a, b])
-            sec, stops = self._state_at(tl, mm, xx)
-            cnt = self._counts_at(mm, xx)
-            sec_d, stops_d, cnt_d = sec[n:] - sec[:n], stops[n:] - stops[:n], cnt[:, n:] - cnt[:, :n]
+            derive = bool(tl.derive_reject.any() or tl.derive_total.any())
+            good = d[:, P_GOOD].copy() if derive else None
+            i_good = d[:, P_IDEAL_GOOD].copy() if derive else None
+            x = d[:, : fx.N_FEATURES]
+            x[:, UNKNOWN] += a - np.minimum(w.start, a)
+            x[:, fx.WINDOW] = w.end - w.start
+            if good is not None and i_good is not None:
+                self._derived_counts(tl, w, x, good, i_good)
+            return x
+        b = np.clip(w.end, tl.origin, tl.now)
+        mm = np.concatenate([w.machine, w.machine])
+        xx = np.concatenate([a, b])
+        sec, stops = self._state_at(tl, mm, xx)
+        cnt = self._counts_at(mm, xx)
+        c = cnt[:, n:] - cnt[:, :n]
         x = np.zeros((n, fx.N_FEATURES))
-        x[:, :N_CLASSES] = sec_d
+        x[:, :N_CLASSES] = sec[n:] - sec[:n]
         # Time before the engine's origin is outside its memory: it counts as unknown.
         x[:, UNKNOWN] += a - np.minimum(w.start, a)
-        c = cnt_d
-        total, reject, inp, good = c[C_TOTAL], c[C_REJECT], c[C_INPUT], c[C_GOOD]
-        i_total, i_reject, i_good = c[N_CTR + C_TOTAL], c[N_CTR + C_REJECT], c[N_CTR + C_GOOD]
-        # A PLC that counts good parts instead of rejects (or instead of totals): the missing counter is
-        # the difference, so quality stays good / total (OEE-SEMANTICS.md section 2, "reported directly").
+        x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = c[C_TOTAL], c[C_REJECT], c[C_INPUT]
+        x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = c[N_CTR + C_TOTAL], c[N_CTR + C_REJECT]
+        x[:, fx.STOPS] = stops[n:] - stops[:n]
+        x[:, fx.WINDOW] = w.end - w.start
+        self._derived_counts(tl, w, x, c[C_GOOD], c[N_CTR + C_GOOD])
+        return x
+
+    @staticmethod
+    def _derived_counts(tl: Timeline, w: WindowSet, x: F64, good: F64, i_good: F64) -> None:
+        """A PLC that counts good parts instead of rejects (or instead of totals): the missing counter is
+        the difference, so quality stays good / total (OEE-SEMANTICS.md section 2, "reported directly")."""
         dr = tl.derive_reject[w.machine]
         dt = tl.derive_total[w.machine]
-        if dr.any() or dt.any():
-            reject = np.where(dr, total - good, reject)
-            i_reject = np.where(dr, i_total - i_good, i_reject)
-            total = np.where(dt, good + reject, total)
-            i_total = np.where(dt, i_good + i_reject, i_total)
-        x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = total, reject, inp
-        x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = i_total, i_reject
-        x[:, fx.STOPS] = stops_d
-        x[:, fx.WINDOW] = w.end - w.start
-        return x
+        if dr.any():
+            x[dr, fx.REJECT] = x[dr, fx.TOTAL] - good[dr]
+            x[dr, fx.IDEAL_REJECT] = x[dr, fx.IDEAL_TOTAL] - i_good[dr]
+        if dt.any():
+            x[dt, fx.TOTAL] = good[dt] + x[dt, fx.REJECT]
+            x[dt, fx.IDEAL_TOTAL] = i_good[dt] + x[dt, fx.IDEAL_REJECT]
 
     def _pieces(self, tl: Timeline, m: I64, a: F64, b: F64, *, clip_start: bool = True
                 ) -> tuple[I64, F64, F64, I8, I64]:
