@@ -306,7 +306,10 @@ class _Arena:
         if not grow.any():
             return
         g = seg[grow]
-        newcap = np.maximum(need[grow] * 2, 8)
+        # Room for as many rows again, and at least 3x (up to 256 rows) for small segments: fewer moves
+        # while a machine's segment fills up tick by tick, little spare room for big bulk loads.
+        ng = need[grow]
+        newcap = ng + np.maximum(ng, np.minimum(3 * ng, 256))
         total_new = int(newcap.sum())
         live = int(self.cap.sum())
         if self.size + total_new > 2 * (live + total_new) + (1 << 16) or self.next_rank + len(g) > 8 * self.n + 4096:
@@ -461,9 +464,11 @@ def _sort_mst(m: I64, s: I8, t: F64, v: F64, q: I8, span: float, origin: float) 
     if len(t) > 1 and not (np.all(g[1:] >= g[:-1])):
         gmax = int(g.max())
         if gmax < 1 << 16:
-            order = np.argsort(g.astype(np.uint16), kind="stable")  # radix sort
-        elif gmax < 1 << 31:
-            order = np.argsort(g.astype(np.int32), kind="stable")
+            order = np.argsort(g.astype(np.uint16), kind="stable")  # one radix pass
+        elif gmax < 1 << 32:
+            # two stable radix passes on 16-bit halves (NumPy radix-sorts only types of 16 bits or less)
+            o1 = np.argsort((g & 0xFFFF).astype(np.uint16), kind="stable")
+            order = o1[np.argsort((g[o1] >> 16).astype(np.uint16), kind="stable")]
         else:
             order = np.argsort(g, kind="stable")
         m, s, t, v, q, g = m[order], s[order], t[order], v[order], q[order], g[order]
