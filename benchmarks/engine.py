@@ -1,20 +1,33 @@
 """Engine benchmark: ingest throughput, cost of advancing every window, and peers on the same data.
 
-    .venv/bin/python benchmarks/engine.py                     # 10 / 1 000 / 10 000 machines (~1-2 min)
-    .venv/bin/python benchmarks/engine.py --machines 10000 --samples 5000000 --repeat 5
-    .venv/bin/python benchmarks/engine.py --profile           # per-line timing of Engine._derive
+    .venv/bin/python benchmarks/engine.py                     # 10 / 1 000 / 10 000 machines (a few minutes)
+    .venv/bin/python benchmarks/engine.py --machines 10000 --samples 5000000 --repeat 5 --batch 50000
+    .venv/bin/python benchmarks/engine.py --profile           # per-line timing of the derive and the look-ups
 
 Every run first checks that all implementations agree on Availability / Performance / Quality / OEE
 of the rolling windows (engine, a pandas implementation, one SQL query on PostgreSQL, and the plain
-per-event reference on a few machines), then times them and prints one table.
+per-event reference on a few machines), and that the engine fed the data in batches gives exactly what it
+gives when fed everything at once; then times them and prints one table.
+
+What the rows mean:
+- (a) ingest into windows: the samples arrive as a stream of batches in time order (as the service drains
+  the bus; the first --batch size is the headline). One tick = `ingest_arrays(batch, now)` (validation,
+  lateness) + `timeline(now)` (derive the batch into the state and counter tables, build every machine's
+  open end). After a tick every window of every machine is a look-up. Samples/s = samples / all ticks.
+  Pruning of old data (once a day of data) happens inside the stream when it is due and is counted.
+  "same + advance all windows every tick" also runs `windows + aggregate` on every tick.
+- (b) advance all windows: `now` moves on by 1 s and `timeline + windows + aggregate` evaluates every
+  window (rolling, shift, day, hour) of every machine; steady state (cursors from earlier ticks).
+- peers: the same 4 rolling windows from the raw samples, each implementation from scratch; "vs engine"
+  is the ratio of its time to the engine's (one batch: ingest + derive + 4 rolling windows).
 
 Data: a synthetic plant (one state table, a 24 h three-shift calendar in UTC with a 30 min break per
 shift, discrete machines with one product each) and columnar samples made with NumPy: state changes at
 random times, total and reject counter samples with occasional counter resets, all `good` quality,
 spread over the 25 h before `now`.
 
-Timings are single-threaded NumPy (BLAS threads pinned to 1). PostgreSQL runs in its own processes and
-may use parallel workers; its COPY is reported apart from the query.
+Timings are single-threaded NumPy (BLAS threads pinned to 1), best of --repeat. PostgreSQL runs in its own
+processes and may use parallel workers; its COPY is reported apart from the query.
 """
 
 from __future__ import annotations

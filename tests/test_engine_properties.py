@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 import pytest
@@ -142,7 +143,8 @@ def test_single_product_oee_is_good_times_ideal_over_ppt(n: int, stop: float, re
     assert r.oee == pytest.approx((n - min(rejects, n)) * 1.0 / r.ppt_s, rel=1e-9)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "120")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(samples=streams(), data=st.data(),
        stale=st.sampled_from([None, 900.0]), micro=st.sampled_from([0.0, 60.0, 600.0]))
 def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject, stale: float | None,

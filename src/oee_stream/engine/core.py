@@ -544,7 +544,9 @@ class Engine:
         self._rolls = np.zeros(n, np.int64)
         self._seen = np.zeros((n, N_SIGNALS), np.bool_)
         self._cursors = {}
-        self._tail_sig: tuple[Any, ...] | None = None
+        self._prev_tail: tuple[Timeline, B, B] | None = None  # last timeline, open stops, present rows
+        self._prev_len = np.zeros(n, np.int64)
+        self._tail_dirty = np.ones(n, np.bool_)  # machines whose open end must be computed again
         self._epoch = 0  # counts changes of the derived tables
         self._tail_id = 0
 
@@ -757,6 +759,7 @@ class Engine:
             return
         key = ",".join(sorted(machines))
         self._timeline = None
+        self._tail_dirty[idx] = True
         if state == "offline":
             self.offline_since[idx] = np.where(np.isnan(self.offline_since[idx]), ts, self.offline_since[idx])
             return
@@ -866,6 +869,7 @@ class Engine:
 
     def _forget(self, ms: I64) -> None:
         self._epoch += 1
+        self._tail_dirty[ms] = True
         n_ctr = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
         self._sa.truncate(ms, np.ones(len(ms), np.int64))  # the origin row stays
         self._ca.truncate(n_ctr, np.zeros(len(n_ctr), np.int64))
@@ -932,6 +936,7 @@ class Engine:
         if len(t) == 0:
             return
         self._epoch += 1
+        self._tail_dirty[m] = True
         cp = self.cp
         assert self.origin is not None
         origin, span = self.origin, self._span
@@ -1185,26 +1190,26 @@ class Engine:
 
     # ------------------------------------------------------------------ the open end, at now
 
-    def _tail(self, now: float) -> Timeline:
+    def _tail_compute(self, now: float, ms: I64) -> dict[str, Any]:
+        """The open end of machines ms at now (see Timeline)."""
         cp = self.cp
-        n_m = cp.n
-        assert self.origin is not None
-        origin = self.origin
-        machines = np.arange(n_m, dtype=np.int64)
+        n_m = len(ms)
         sa = self._sa
-        lpos = sa.last(machines)
+        lpos = sa.last(ms)
         t0 = sa.t[lpos]
         c0 = sa.cols["cls"][lpos].astype(np.int8)
         r0 = sa.cols["reason"][lpos].astype(np.int64)
         # transient rows, in the order that breaks ties: offline, no count, stale
-        off = self.offline_since
+        off = self.offline_since[ms]
         off_ok = np.isfinite(off) & (off < now) & (off >= t0)
-        nc_t = self._last_count + cp.no_count_stop_after
-        nc_ok = cp.uses_counts & np.isfinite(self._last_count) & (nc_t < now) & (nc_t >= t0)
+        last_count = self._last_count[ms]
+        nc_t = last_count + cp.no_count_stop_after[ms]
+        nc_ok = cp.uses_counts[ms] & np.isfinite(last_count) & (nc_t < now) & (nc_t >= t0)
         stale_after = self.policies.stale_after_s
         if stale_after is not None:
-            st_t = self.frontier + stale_after
-            st_ok = np.isfinite(self.frontier) & (st_t < now)
+            fr = self.frontier[ms]
+            st_t = fr + stale_after
+            st_ok = np.isfinite(fr) & (st_t < now)
         else:
             st_t = np.full(n_m, np.inf)
             st_ok = np.zeros(n_m, np.bool_)
@@ -1233,9 +1238,10 @@ class Engine:
         present = np.concatenate([np.ones((n_m, 1), np.bool_), xp], axis=1)
         # stops in the tail: the open stop (it began at run_t, in the table) and a no-count stop
         u = (tc == UNPLANNED_STOP) & present
-        has_run = self._run_pos >= 0
+        has_run = self._run_pos[ms] >= 0
         starts = np.empty((n_m, N_TAIL))
-        cur = np.where(u[:, 0] & has_run, self._run_t, tt[:, 0])
+        run_t0 = self._run_t[ms]
+        cur = np.where(u[:, 0] & has_run, run_t0, tt[:, 0])
         starts[:, 0] = cur
         for j in range(1, N_TAIL):
             cur = np.where(u[:, j] & u[:, j - 1], cur, tt[:, j])
@@ -1245,7 +1251,7 @@ class Engine:
         for j in range(N_TAIL - 1, -1, -1):
             ends[:, j] = nxt
             nxt = np.where(u[:, j], nxt, tt[:, j])
-        micro = u & ((ends - starts) < cp.microstop_threshold[:, None])
+        micro = u & ((ends - starts) < cp.microstop_threshold[ms][:, None])
         tc = np.where(micro, np.int8(MICRO_STOP), tc).astype(np.int8)
         first_of_run = u.copy()
         first_of_run[:, 1:] &= ~u[:, :-1]
@@ -1253,7 +1259,7 @@ class Engine:
         stop_t = np.where(counted, starts, np.inf)
         if counted.any():
             ci = np.flatnonzero(counted.ravel())
-            ccls, _ = self._cal_state(np.repeat(machines, N_TAIL)[ci], stop_t.ravel()[ci])
+            ccls, _ = self._cal_state(np.repeat(ms, N_TAIL)[ci], stop_t.ravel()[ci])
             flat = stop_t.ravel()
             flat[ci[ccls != CAL_PRODUCTION]] = np.inf
             stop_t = flat.reshape(n_m, N_TAIL)
@@ -1261,53 +1267,117 @@ class Engine:
         # production seconds at the tail rows: the last row's is stored, now's is one per calendar
         tp = np.empty((n_m, N_TAIL + 1))
         tp[:, 0] = sa.cols["p"][lpos]
-        p_now = self._cal_at(machines, now, CAL_PRODUCTION)
+        p_now = self._cal_at(ms, now, CAL_PRODUCTION)
         tp[:, 1:] = p_now[:, None]
         if any_transient:
             pi, pj = np.nonzero(xp)
-            tp[pi, pj + 1] = self._prod(pi.astype(np.int64), xt[pi, pj])
-        run_t = np.where(fix, self._run_t, t0)
+            tp[pi, pj + 1] = self._prod(ms[pi], xt[pi, pj])
+        run_t = np.where(fix, run_t0, t0)
         run_p = tp[:, 0].copy()
         if fix.any():
             fi = np.flatnonzero(fix)
-            run_p[fi] = self._prod(fi, run_t[fi])
-        # what fixed instants need to know: which machines' open end changed since the last timeline
-        sig = (sa.len.copy(), np.where(present, tt[:, :N_TAIL], np.inf), tc, fix, np.where(fix, run_t, 0.0))
-        prev = self._tail_sig
-        if prev is None:
-            tail_changed = np.ones(n_m, np.bool_)
-        else:
-            tail_changed = ((sig[0] != prev[0]) | (sig[1] != prev[1]).any(axis=1) | (sig[2] != prev[2]).any(axis=1)
-                            | (sig[3] != prev[3]) | (sig[4] != prev[4]))
-        self._tail_sig = sig
-        self._tail_id += 1
+            run_p[fi] = self._prod(ms[fi], run_t[fi])
         # current state: the last present tail row, under the calendar at now
         jcur = N_TAIL - 1 - np.argmax(present[:, ::-1], axis=1)
-        cur_c = tc[machines, jcur].astype(np.int64)
-        cur_r = tr[machines, jcur]
-        since = tt[machines, jcur]
+        rows_ = np.arange(n_m)
+        cur_c = tc[rows_, jcur].astype(np.int64)
+        cur_r = tr[rows_, jcur]
+        since = tt[rows_, jcur]
         for j in range(N_TAIL - 1, 0, -1):
             back = (jcur >= j) & present[:, j - 1] & (tc[:, j - 1] == cur_c) & (tr[:, j - 1] == cur_r) & \
                 (since == tt[:, j])
             since = np.where(back, tt[:, j - 1], since)
-        cal_cls, cal_since = self._cal_state(machines, np.full(n_m, now))
+        cal_cls, cal_since = self._cal_state(ms, np.full(n_m, now))
         prod_now = cal_cls == CAL_PRODUCTION
         cur_cls = np.where(prod_now, cur_c, np.where(cal_cls == CAL_EXCLUDED, PLANNED_EXCLUDED, UNSCHEDULED))
         cur_reason = np.where(prod_now, cur_r, np.where(cal_cls == CAL_EXCLUDED, R_BREAK, R_UNSCHEDULED))
         cur_since = np.where(prod_now, np.maximum(since, cal_since), cal_since)
+        return {"tt": tt, "tc": tc, "tr": tr, "tp": tp, "present": present, "fix": fix, "run_t": run_t,
+                "run_p": run_p, "tail_stops": stop_t, "cur_cls": cur_cls.astype(np.int64),
+                "cur_reason": cur_reason.astype(np.int64), "cur_since": cur_since,
+                # an open stop still shorter than its threshold turns unplanned as now moves on
+                "u_any": (micro & present).any(axis=1)}
+
+    def _tail(self, now: float) -> Timeline:
+        """The open end of every machine at now. Only machines whose end can have changed since the last
+        timeline are computed again: new rows, a connector status, a stale or no-count moment or a micro-stop
+        threshold passed, an open stop; a calendar boundary passed recomputes all."""
+        cp = self.cp
+        n_m = cp.n
+        assert self.origin is not None
+        sa = self._sa
+        machines = np.arange(n_m, dtype=np.int64)
+        prev = self._prev_tail
+        full = prev is None or now < prev[0].now or any(
+            bool(((cal.bt > prev[0].now) & (cal.bt <= now)).any()) for cal in self._cals)
+        ms = machines
+        if prev is not None and not full:
+            p_now_t = prev[0].now
+            cand = self._tail_dirty | prev[1] | np.isfinite(self.offline_since)
+            nc_t = self._last_count + cp.no_count_stop_after
+            cand |= cp.uses_counts & (nc_t >= p_now_t) & (nc_t < now)
+            if self.policies.stale_after_s is not None:
+                st_t = self.frontier + self.policies.stale_after_s
+                cand |= (st_t >= p_now_t) & (st_t < now)
+            ms = np.flatnonzero(cand)
+            full = len(ms) > n_m // 2
+        if full or prev is None:
+            d = self._tail_compute(now, machines)
+            tt, tc, tr, tp = d["tt"], d["tc"], d["tr"], d["tp"]
+            present, fix, run_t, run_p = d["present"], d["fix"], d["run_t"], d["run_p"]
+            stop_t, cur_cls, cur_reason, cur_since = d["tail_stops"], d["cur_cls"], d["cur_reason"], d["cur_since"]
+            u_any = d["u_any"]
+            changed_idx = machines
+        else:
+            tl0, u_any0, present0 = prev
+            # unchanged machines: only the columns that sit at `now` move
+            tt = np.where(present0, tl0.tt[:, :N_TAIL], now)
+            tt = np.concatenate([tt, np.full((n_m, 1), now)], axis=1)
+            p_now = self._cal_at(machines, now, CAL_PRODUCTION)
+            tp = np.where(np.concatenate([present0, np.zeros((n_m, 1), np.bool_)], axis=1), tl0.tp, p_now[:, None])
+            tc, tr = tl0.tc.copy(), tl0.tr.copy()
+            present, fix, run_t, run_p = present0.copy(), tl0.fix.copy(), tl0.run_t.copy(), tl0.run_p.copy()
+            stop_t = tl0.tail_stops.copy()
+            cur_cls, cur_reason, cur_since = tl0.cur_cls.copy(), tl0.cur_reason.copy(), tl0.cur_since.copy()
+            u_any = u_any0.copy()
+            if len(ms):
+                d = self._tail_compute(now, ms)
+                tt[ms], tc[ms], tr[ms], tp[ms] = d["tt"], d["tc"], d["tr"], d["tp"]
+                present[ms], fix[ms], run_t[ms], run_p[ms] = d["present"], d["fix"], d["run_t"], d["run_p"]
+                stop_t[ms], cur_cls[ms], cur_reason[ms] = d["tail_stops"], d["cur_cls"], d["cur_reason"]
+                cur_since[ms], u_any[ms] = d["cur_since"], d["u_any"]
+            changed_idx = ms
+        # what fixed instants need to know: which machines' open end changed since the last timeline
+        tail_changed = np.zeros(n_m, np.bool_)
+        if prev is None:
+            tail_changed[:] = True
+        elif len(changed_idx):
+            tl0, _u, present0 = prev
+            ci = changed_idx
+            tail_changed[ci] = (
+                (sa.len[ci] != self._prev_len[ci])
+                | (np.where(present[ci], tt[ci, :N_TAIL], np.inf) != np.where(present0[ci], tl0.tt[ci, :N_TAIL],
+                                                                             np.inf)).any(axis=1)
+                | (tc[ci] != tl0.tc[ci]).any(axis=1) | (fix[ci] != tl0.fix[ci])
+                | (np.where(fix[ci], run_t[ci], 0.0) != np.where(tl0.fix[ci], tl0.run_t[ci], 0.0)))
+        self._prev_len = sa.len.copy()
+        self._tail_id += 1
+        self._tail_dirty[:] = False
+        lpos = sa.last(machines)
         seen = self._seen
         derive_reject = seen[:, GOOD_COUNT] & seen[:, TOTAL] & ~seen[:, REJECT]
         derive_total = seen[:, GOOD_COUNT] & seen[:, REJECT] & ~seen[:, TOTAL]
-        return Timeline(
-            now=now, origin=origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
+        tl = Timeline(
+            now=now, origin=self.origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
             run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t,
             has_tail_stop=np.asarray(np.isfinite(stop_t).any(axis=1)), tail_id=self._tail_id,
-            tail_changed=tail_changed, ttT=np.ascontiguousarray(tt.T),
-            tpT=np.ascontiguousarray(tp.T), tcT=np.ascontiguousarray(tc.T.astype(np.int64)), cur_cls=cur_cls.astype(np.int64),
-            cur_reason=cur_reason.astype(np.int64), cur_since=cur_since, cur_product=self._cur_p.copy(),
-            resets=self._resets.copy(), rollovers=self._rolls.copy(), derive_reject=derive_reject,
-            derive_total=derive_total,
+            tail_changed=tail_changed, ttT=np.ascontiguousarray(tt.T), tpT=np.ascontiguousarray(tp.T),
+            tcT=np.ascontiguousarray(tc.T.astype(np.int64)), cur_cls=cur_cls, cur_reason=cur_reason,
+            cur_since=cur_since, cur_product=self._cur_p.copy(), resets=self._resets.copy(),
+            rollovers=self._rolls.copy(), derive_reject=derive_reject, derive_total=derive_total,
         )
+        self._prev_tail = (tl, u_any, present)
+        return tl
 
     # ------------------------------------------------------------------ look-ups
 
