@@ -200,3 +200,37 @@ def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject,
                 assert (got == exp) if not isinstance(exp, float) else _close(got, exp), (r.entity, key, got, exp)
             assert r.downtime_by_reason_s.keys() == o.downtime_by_reason_s.keys()
     assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
+
+
+@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(samples=streams(), n_ticks=st.integers(2, 12), cut=times)
+def test_pruning_while_streaming_equals_one_batch(samples: list[Sample], n_ticks: int, cut: float) -> None:
+    """An engine that forgets old data tick by tick (retention 1 h, pruned every 10 min) gives what an
+    engine given everything at the end gives, for every window inside its memory."""
+    p = plant(machines=MACHINES, shifts=SHIFTS, policies={"allowed_lateness_s": 10 * HORIZON})
+    now = T0 + HORIZON + 1
+    stream = sorted(samples, key=lambda x: x.ts)
+    inc = Engine(p, retention_s=3600, prune_every_s=600)
+    one = Engine(p, retention_s=3600, prune_every_s=600)
+    edges = [int(len(stream) * k / n_ticks) for k in range(n_ticks + 1)]
+    for k in range(n_ticks):
+        part = stream[edges[k]:edges[k + 1]]
+        at = part[-1].ts + 1 if part else T0
+        inc.ingest(part, now=now)
+        inc.timeline(min(at, now))
+    one.ingest(stream, now=now)
+    got, exp = inc.results(now), one.results(now)
+    assert inc.origin == one.origin and (inc.stats.prunes >= 1 or not stream)
+    assert inc.origin is not None
+    a = max(inc.origin, T0 + min(cut, HORIZON - 1))
+    got += inc.range_results(now, ["m1", "m2", "m3"], [a] * 3, [now] * 3)
+    exp += one.range_results(now, ["m1", "m2", "m3"], [a] * 3, [now] * 3)
+    assert len(got) == len(exp)
+    for r, o in zip(got, exp, strict=True):
+        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
+        for cls, sec in o.seconds.items():
+            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
+        for key in ("total", "reject", "oee", "stops", "state", "reason", "product"):
+            got_v, exp_v = getattr(r, key), getattr(o, key)
+            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)

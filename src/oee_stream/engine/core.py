@@ -122,7 +122,8 @@ class EngineStats:
     late_dropped: int = 0
     rejected: int = 0
     rederived_machines: int = 0  # machines re-derived from their log because a sample came out of order
-    full_rebuilds: int = 0  # whole-engine rebuilds (pruning old data, `now` going backwards)
+    full_rebuilds: int = 0  # whole-engine rebuilds (`now` going backwards)
+    prunes: int = 0  # data older than the retention horizon forgotten (once a day)
     counter_resets: dict[str, int] = field(default_factory=dict)
     counter_rollovers: dict[str, int] = field(default_factory=dict)
 
@@ -277,12 +278,21 @@ class _Arena:
         pad = _ranges(start + n_live, cap - n_live)
         self.key[pad] = np.repeat(self.rank[seg] * self.span, cap - n_live) + self.pad
 
-    def compact(self, extra: I64 | None = None) -> None:
+    def compact(self, extra: I64 | None = None, drop: I64 | None = None, origin: float | None = None) -> None:
+        """Lay every segment out again in segment order with room for `extra` more rows; `drop` rows are
+        removed from the front of each segment and keys are made relative to a new `origin` (pruning)."""
+        if drop is not None:
+            first = self.start + drop
+            self.len = self.len - drop
+        else:
+            first = self.start
+        if origin is not None:
+            self.origin = origin
         need = self.len + (extra if extra is not None else 0)
         cap = np.maximum(need + need // 2, 8)
         start = np.cumsum(cap) - cap
         size = int(cap.sum())
-        src = _ranges(self.start, self.len)
+        src = _ranges(first, self.len)
         dst = _ranges(start, self.len)
         alloc = max(size, 1024)
         t = np.empty(alloc)
@@ -391,7 +401,9 @@ class _CalendarCache:
         self._build(until)
 
     def _build(self, until: float) -> None:
-        bt, bc = calendar_boundaries(self.cal, self.origin, until)
+        # From a few days before the origin: rows kept across a prune (an open stop, the row in force at the
+        # origin) may start before it; values are relative to the origin (negative before it).
+        bt, bc = calendar_boundaries(self.cal, self.origin - 3 * DAY, until)
         self.until = until
         self.bt = bt
         self.bc = bc
@@ -400,6 +412,8 @@ class _CalendarCache:
         for k in range(3):  # CAL_UNSCHEDULED, CAL_EXCLUDED, CAL_PRODUCTION
             cum[k, 1:] = np.cumsum(np.where(bc == k, dur, 0.0))[:-1]
         self.cum = cum
+        at_origin = np.array([self.seconds(np.array([self.origin]), k)[0] for k in range(3)])
+        self.cum = cum - at_origin[:, None]
 
     def ensure(self, until: float) -> None:
         if until > self.until:
@@ -493,12 +507,14 @@ def _dup_mask(m: I64, s: I8, t: F64, v: F64, q: I8) -> B:
 class Engine:
     """OEE for every machine of a plant, vectorized across machines, derived incrementally."""
 
-    def __init__(self, plant: Plant, *, origin: float | None = None, retention_s: float | None = None) -> None:
+    def __init__(self, plant: Plant, *, origin: float | None = None, retention_s: float | None = None,
+                 prune_every_s: float = DAY) -> None:
         self.cp: CompiledPlant = compile_plant(plant)
         self.plant = plant
         self.policies = plant.policies
         max_window = max([w.seconds for w in plant.rolling_windows] + [DAY + 3600.0])
         self.retention_s = retention_s or (max_window + self.policies.allowed_lateness_s + DAY)
+        self._prune_every_s = prune_every_s
         # Fixed key span: the longest time between the origin and a sample before the next prune.
         self._span = float(2 ** math.ceil(math.log2(self.retention_s + 4 * DAY + self.policies.max_clock_skew_s)))
         self.origin: float | None = origin
@@ -797,9 +813,11 @@ class Engine:
             self._init_arenas(self.origin)
         for cal in self._cals:
             cal.ensure(now + DAY)
-        if now - self.retention_s - DAY >= self.origin or now < self._derived_now:
+        if now < self._derived_now:
             self._rebuild_all(now)
             return
+        if now - self.retention_s - self._prune_every_s >= self.origin:
+            self._prune(now)
         if not self._pending:
             self._derived_now = max(self._derived_now, now)
             return
@@ -871,9 +889,14 @@ class Engine:
         self._epoch += 1
         self._tail_dirty[ms] = True
         n_ctr = (ms[:, None] * N_CTR + np.arange(N_CTR)).ravel()
-        self._sa.truncate(ms, np.ones(len(ms), np.int64))  # the origin row stays
+        self._sa.truncate(ms, np.zeros(len(ms), np.int64))
         self._ca.truncate(n_ctr, np.zeros(len(n_ctr), np.int64))
         self._clamp_cursors(ms)
+        assert self.origin is not None
+        k = len(ms)
+        self._sa.append(ms, np.full(k, self.origin), cls=np.full(k, UNKNOWN, np.int8),
+                        reason=np.full(k, R_NO_DATA, np.int32), scum=np.zeros((k, N_CLASSES)), stops=np.zeros(k),
+                        flag=np.zeros(k, np.int8), p=np.zeros(k))
         self.frontier[ms] = -np.inf
         self._ser_v[n_ctr] = np.nan
         self._cend[n_ctr] = 0.0
@@ -887,6 +910,55 @@ class Engine:
         self._resets[ms], self._rolls[ms] = 0, 0
         self._seen[ms] = False
 
+    def _prune(self, now: float) -> None:
+        """Forget what is older than the retention horizon, without deriving anything again.
+
+        The log keeps each series' last sample before the new origin as its anchor (moved to the origin);
+        each state segment keeps the row in force at the origin (and an open stop's rows), each counter
+        segment its last row before it (the base the next increments add to). Keys and the calendar's
+        production seconds are made relative to the new origin. Cumulative sums are left as they are: only
+        their differences are ever used."""
+        assert self.origin is not None
+        new_origin = math.floor((now - self.retention_s) / 3600.0) * 3600.0
+        self.stats.prunes += 1
+        lm, ls, lt, lv, lq = self._log.view()
+        old = lt < new_origin
+        if old.any():
+            oi = np.flatnonzero(old)
+            g = lm[oi] * N_SIGNALS + ls[oi].astype(np.int64)
+            order = np.lexsort((lt[oi], g))
+            go = g[order]
+            last = np.ones(len(go), np.bool_)
+            last[:-1] = go[1:] != go[:-1]
+            keep = ~old
+            keep[oi[order[last]]] = True
+            t_new = np.where(old, new_origin, lt)
+            self._log.replace(lm[keep].copy(), ls[keep].copy(), t_new[keep], lv[keep].copy(), lq[keep].copy())
+        cp = self.cp
+        n_m = cp.n
+        sa, ca = self._sa, self._ca
+        ms = np.arange(n_m, dtype=np.int64)
+        s_drop = sa.search(ms, np.full(n_m, new_origin), "right") - 1 - sa.start
+        s_drop = np.where(self._run_pos >= 0, np.minimum(s_drop, self._run_pos), s_drop)
+        s_drop = np.clip(s_drop, 0, sa.len - 1)
+        cs = np.arange(n_m * N_CTR, dtype=np.int64)
+        c_drop = np.maximum(ca.search(cs, np.full(len(cs), new_origin), "left") - ca.start - 1, 0)
+        c_drop = np.minimum(c_drop, ca.len)
+        shift = np.array([cal.seconds(np.array([new_origin]), CAL_PRODUCTION)[0] for cal in self._cals])
+        sa.compact(drop=s_drop, origin=new_origin)
+        ca.compact(drop=c_drop, origin=new_origin)
+        live = _ranges(sa.start, sa.len)
+        sa.cols["p"][live] -= shift[cp.calendar_of[np.repeat(ms, sa.len)]]
+        self._run_pos = np.where(self._run_pos >= 0, self._run_pos - s_drop, -1)
+        self.origin = new_origin
+        self._cals = [_CalendarCache(self.plant.calendars[c], new_origin, max(now, new_origin) + 3 * DAY)
+                      for c in cp.calendar_names]
+        self._cursors = {}
+        self._prev_tail = None
+        self._tail_dirty[:] = True
+        self._epoch += 1
+        self._timeline = None
+
     def _rebuild_all(self, now: float) -> None:
         """Prune samples older than the retention horizon (each series keeps its last one as its anchor,
         moved to the new origin) and derive everything again: once a day, or if `now` went backwards."""
@@ -896,7 +968,7 @@ class Engine:
         self._pending = []
         assert self.origin is not None
         origin = self.origin
-        if now - self.retention_s - DAY >= origin:
+        if now - self.retention_s - self._prune_every_s >= origin:
             origin = math.floor((now - self.retention_s) / 3600.0) * 3600.0
         self._reset_derived()
         self._init_arenas(origin)
@@ -1164,12 +1236,10 @@ class Engine:
         # open stops: unplanned rows at a machine's end whose run has not ended
         open_rows = unpl & ~closed_rows
         # --- cumulative production seconds per class and stops before each row
-        pt_prev = sa.t[ppos]
-        tprev = np.where(rfirst, pt_prev, np.roll(rt, 1))
         pcls_final = np.where(rfirst, pcls, np.roll(rc, 1)).astype(np.int64)
         pflag = np.where(rfirst, sa.cols["flag"][ppos], np.roll(stop_start.astype(np.int8), 1))
         p_now = self._prod(rm, rt)
-        p_prev = self._prod(rm, tprev)
+        p_prev = np.where(rfirst, sa.cols["p"][ppos], np.roll(p_now, 1))
         contrib = np.zeros((n, N_CLASSES))
         contrib[pos, pcls_final] = p_now - p_prev
         fpos = ppos[rfirst]
@@ -1276,7 +1346,8 @@ class Engine:
         run_p = tp[:, 0].copy()
         if fix.any():
             fi = np.flatnonzero(fix)
-            run_p[fi] = self._prod(ms[fi], run_t[fi])
+            mf = ms[fi]
+            run_p[fi] = sa.cols["p"][sa.start[mf] + self._run_pos[mf]]  # stored with the open stop's first row
         # current state: the last present tail row, under the calendar at now
         jcur = N_TAIL - 1 - np.argmax(present[:, ::-1], axis=1)
         rows_ = np.arange(n_m)
