@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,19 +19,39 @@ from test_storage import T0, make_result  # tests/ is on sys.path (conftest)
 DEMO = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "plant.yaml"
 
 
-async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def _client(app: FastAPI, *, refresh_cache: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the app. `refresh_cache`: bring the app's live cache up to date with the
+    database before every request, so tests that write with their own StorageWriter (another "process")
+    and read at once see their rows on the cache path too."""
     # ASGITransport does not run the lifespan, which owns the connection pool: run it here.
     async with app.router.lifespan_context(app):
+        hooks: dict[str, list[Any]] = {}
+        if refresh_cache:
+            async def refresh(_: httpx.Request) -> None:
+                async with app.state.pool.connection() as conn:
+                    await app.state.cache.refresh(conn)
+                assert app.state.cache.fresh()
+
+            hooks["request"] = [refresh]
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", event_hooks=hooks) as client:
             yield client
 
 
-@pytest.fixture
-async def client(db: str, plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
-    from oee_stream.api import ApiSettings, create_app
+def api_settings(db: str, plant: Plant, mode: str, **kw: Any) -> Any:
+    """`db`: every read from the database (no live cache); `cache`: live routes answered from the cache."""
+    from oee_stream.api import ApiSettings
 
-    async for c in _client(create_app(ApiSettings(database_url=db, plant=plant, anonymous_read=True))):
+    # cache: the background refresh runs once at start; the request hook refreshes before every request.
+    return ApiSettings(database_url=db, plant=plant, cache_refresh_s=0 if mode == "db" else 3600.0, **kw)
+
+
+@pytest.fixture(params=["db", "cache"])
+async def client(request: pytest.FixtureRequest, db: str, plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
+    from oee_stream.api import create_app
+
+    app = create_app(api_settings(db, plant, request.param, anonymous_read=True))
+    async for c in _client(app, refresh_cache=request.param == "cache"):
         yield c
 
 

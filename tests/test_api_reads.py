@@ -12,17 +12,18 @@ import pytest
 from oee_stream.config import Plant
 from oee_stream.engine.result import iso
 from oee_stream.storage.writer import StateInterval, StorageWriter
-from test_api import _client
+from test_api import _client, api_settings
 from test_storage import T0, make_result
 
 SHIFT0 = T0 - 3 * 3600  # 2025-06-15T12:00Z = 14:00 Berlin, start of the late shift
 
 
-@pytest.fixture
-async def client(db: str, plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
-    from oee_stream.api import ApiSettings, create_app
+@pytest.fixture(params=["db", "cache"])
+async def client(request: pytest.FixtureRequest, db: str, plant: Plant) -> AsyncIterator[httpx.AsyncClient]:
+    from oee_stream.api import create_app
 
-    async for c in _client(create_app(ApiSettings(database_url=db, plant=plant, anonymous_read=True))):
+    app = create_app(api_settings(db, plant, request.param, anonymous_read=True))
+    async for c in _client(app, refresh_cache=request.param == "cache"):
         yield c
 
 

@@ -19,7 +19,7 @@ import structlog
 import uvicorn
 
 from oee_stream import bus
-from oee_stream.api.app import ApiSettings, create_app
+from oee_stream.api.app import ApiSettings, create_app, live_cache_for
 from oee_stream.board import board_router
 from oee_stream.config import ConfigError, Plant, load_plant
 from oee_stream.connectors import build_connector, check_connectors, load_connectors
@@ -126,8 +126,12 @@ async def running_service(
         register_connector_metrics(connectors)
         # The demo is read-only to anyone on the machine; `oee-stream run` needs API keys unless the
         # operator of the service enables anonymous read (OEE_ANONYMOUS_READ=true).
-        app = create_app(ApiSettings(database_url=db_url, plant=plant,
-                                     anonymous_read=settings.anonymous_read or (embedded and simulate)))
+        api_settings = ApiSettings(database_url=db_url, plant=plant,
+                                   anonymous_read=settings.anonymous_read or (embedded and simulate))
+        # The API serves current states and KPIs from memory; the writer feeds it every committed result.
+        cache = live_cache_for(api_settings)
+        writer.add_listener(cache.on_written)
+        app = create_app(api_settings, cache=cache)
         app.include_router(board_router(plant))
         server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
                                         lifespan="on", access_log=False))

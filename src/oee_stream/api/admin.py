@@ -124,3 +124,6 @@ def register(app: FastAPI, ctx: Ctx) -> None:
             if cur.rowcount != 1:
                 raise HTTPException(404, f"no live key {key_id!r}")
             await edits.audit(conn, principal_of(request).actor, "revoke_api_key", {"key_id": key_id}, None, None)
+        # Committed: this process stops accepting the key now (other API processes within a cache refresh).
+        if ctx.verifier is not None:
+            ctx.verifier.invalidate(key_id)

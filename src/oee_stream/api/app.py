@@ -24,7 +24,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from oee_stream import metrics as _metrics  # noqa: F401  (registers the service's metrics for /metrics)
 from oee_stream.api import admin, operator, reads
 from oee_stream.api.auth import AccessMiddleware, KeyVerifier
-from oee_stream.api.deps import Ctx
+from oee_stream.api.cache import LiveCache
+from oee_stream.api.deps import CALENDAR_WINDOWS, Ctx, allowed_windows
 from oee_stream.api.models import (
     DependencyStatus,
     ErrorOut,
@@ -34,10 +35,11 @@ from oee_stream.api.models import (
 )
 from oee_stream.config import Plant
 from oee_stream.storage import queries
+from oee_stream.storage.writer import configure_connection
 
 log = structlog.get_logger(__name__)
 
-CALENDAR_WINDOWS: tuple[str, ...] = ("shift", "day", "week", "hour")
+__all__ = ["CALENDAR_WINDOWS", "ApiSettings", "create_app", "live_cache_for"]
 
 _DESCRIPTION = """
 Real-time OEE of the plant's machines.
@@ -62,8 +64,8 @@ class ApiSettings:
 
     database_url: str
     plant: Plant
-    pool_min_size: int = 1
-    pool_max_size: int = 4
+    pool_min_size: int = 2
+    pool_max_size: int = 8  # range/report queries; the live routes and key checks need no connection
     readyz_timeout_s: float = 2.0
     request_timeout_s: float = 5.0  # waiting for a pooled connection, and statement_timeout
     max_range_days: int = 400
@@ -73,18 +75,49 @@ class ApiSettings:
     key_cache_ttl_s: float = 30.0  # a revoked key stops working within this time
     stream_interval_s: float = 1.0  # how often /api/v1/stream polls the database
     stream_heartbeat_s: float = 15.0  # comment line sent when nothing changed for this long
+    # Live cache (api/cache.py): refreshed from the database every cache_refresh_s (0 = no cache: every
+    # live read queries the database); used only while its last refresh is at most cache_stale_after_s old.
+    cache_refresh_s: float = 1.0
+    cache_stale_after_s: float = 5.0
+    pool_check_idle_s: float = 10.0  # a pooled connection idle longer than this is checked before use
 
 
-def _allowed_windows(plant: Plant) -> list[str]:
-    names = [w.name for w in plant.rolling_windows]
-    return names + [w for w in CALENDAR_WINDOWS if w not in names]
+def live_cache_for(settings: ApiSettings) -> LiveCache:
+    """The cache `create_app(settings, cache=…)` uses; build it first to feed it from a StorageWriter
+    (`writer.add_listener(cache.on_written)`), as `oee-stream run` does."""
+    return LiveCache(settings.plant, allowed_windows(settings.plant), refresh_s=settings.cache_refresh_s or 1.0,
+                     stale_after_s=settings.cache_stale_after_s)
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+class _IdleCheck:
+    """Pool check that costs a round trip only for a connection that sat idle for a while (a server
+    restart is noticed there); one returned moments ago is used as it is. A connection that breaks in
+    use is discarded by the pool and the request answers 503 once."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.returned: dict[int, float] = {}
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.returned[id(conn)] = time.monotonic()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        at = self.returned.pop(id(conn), None)
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("connection closed")
+        if at is None or time.monotonic() - at > self.idle_s:
+            await AsyncConnectionPool.check_connection(conn)
+
+
+def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> FastAPI:
     plant = settings.plant
-    allowed = _allowed_windows(plant)
+    allowed = allowed_windows(plant)
     machine_ids = [m.id for m in plant.machines]
-    ctx = Ctx(settings=settings, plant=plant, allowed_windows=allowed)
+    if cache is None and settings.cache_refresh_s > 0:
+        cache = live_cache_for(settings)
+    verifier = KeyVerifier(settings.key_cache_ttl_s)
+    ctx = Ctx(settings=settings, plant=plant, allowed_windows=allowed, cache=cache, verifier=verifier)
+    idle_check = _IdleCheck(settings.pool_check_idle_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,14 +133,26 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 # A slow query must not pin a pooled connection for ever.
                 "options": f"-c statement_timeout={int(settings.request_timeout_s * 1000)}",
             },
-            check=AsyncConnectionPool.check_connection,
+            check=idle_check.check,
+            reset=idle_check.reset,
+            configure=configure_connection,
             name="oee-api",
         )
         await pool.open(wait=False)
         app.state.pool = pool
+        app.state.cache = cache
+        refresher = None
+        if cache is not None:
+            refresher = asyncio.create_task(
+                cache.run(pool, timeout_s=settings.request_timeout_s, verifier=verifier), name="oee-api-live-cache")
         try:
             yield
         finally:
+            if refresher is not None and cache is not None:
+                cache.stop()
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(refresher, 5)
             await pool.close()
 
     app = FastAPI(
@@ -116,6 +161,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description=_DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.verifier = verifier
+    app.state.cache = cache
 
     def pool_of(request: Request) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = request.app.state.pool
@@ -160,12 +207,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def list_machines(request: Request) -> list[MachineOut]:
         """Every machine of the plant model, in plant order, with its current state and the newest stored
         KPI result per window kind (`kpis["15m"]`, `kpis["shift"]`, …)."""
+        live = ctx.live()
+        if live is not None:
+            return machines_of(live.latest("machine", machine_ids, allowed), live.open_states(machine_ids))
         async with pool_of(request).connection(timeout=settings.request_timeout_s) as conn:
             return await machines_now(conn)
 
     async def machines_now(conn: psycopg.AsyncConnection[Any]) -> list[MachineOut]:
         latest = await queries.latest_results(conn, machine_ids, allowed, entity_kind="machine")
         states = await queries.open_states(conn, machine_ids)
+        return machines_of(latest, states)
+
+    def machines_of(latest: dict[str, dict[str, queries.StoredResult]],
+                    states: dict[str, queries.CurrentState]) -> list[MachineOut]:
         out: list[MachineOut] = []
         for line in plant.lines:
             for m in line.machines:
@@ -217,9 +271,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
             yield "retry: 3000\n\n"
             while not await request.is_disconnected():
                 chunks: list[str] = []
+                live = ctx.live()
                 try:
-                    async with pool.connection(timeout=settings.request_timeout_s) as conn:
-                        machines = await machines_now(conn)
+                    if live is not None:
+                        machines = machines_of(live.latest("machine", machine_ids, allowed),
+                                               live.open_states(machine_ids))
+                    else:
+                        async with pool.connection(timeout=settings.request_timeout_s) as conn:
+                            machines = await machines_now(conn)
                 except (PoolTimeout, psycopg.Error) as exc:
                     log.warning("stream_database_unavailable", error=type(exc).__name__)
                     chunks.append(": database unavailable\n\n")
@@ -276,6 +335,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         anonymous_read=settings.anonymous_read,
         max_body_bytes=settings.max_body_bytes,
         timeout_s=settings.request_timeout_s,
-        verifier=KeyVerifier(settings.key_cache_ttl_s),
+        verifier=verifier,
     )
     return app

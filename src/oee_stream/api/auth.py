@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -113,11 +114,41 @@ def list_api_keys(conninfo: str) -> list[dict[str, Any]]:
 
 class KeyVerifier:
     """Checks presented keys against the database; a verified key is remembered for `ttl_s` seconds
-    (in memory, by its SHA-256), so a revocation takes effect within that time."""
+    (in memory, by the SHA-256 of the presented key — never the key itself), so most requests need no
+    database round trip. A revocation takes effect at once in this process (`invalidate`, called by
+    `DELETE /api/v1/admin/keys/{id}`), within a refresh interval in other API processes that run the live
+    cache (`poll_revocations`), and within `ttl_s` everywhere else."""
 
     def __init__(self, ttl_s: float = 30.0) -> None:
         self.ttl_s = ttl_s
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._revocations_seen: datetime | None = None
+        self.lookups = 0  # database look-ups (cache misses), for tests and metrics
+
+    def cached(self, plaintext: str) -> tuple[bool, Principal | None]:
+        """(hit, principal) from memory only; principal None on a hit means a known-bad key."""
+        hit = self._cache.get(hashlib.sha256(plaintext.encode("utf-8")).digest())
+        if hit is not None and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
+    def invalidate(self, key_id: str) -> None:
+        """Forget every cached verification of key `key_id` (after it was revoked)."""
+        for fp in [fp for fp, (_, p) in self._cache.items() if p is not None and p.key_id == key_id]:
+            self._cache.pop(fp, None)
+
+    async def poll_revocations(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Invalidate keys revoked since the last poll (with a margin for clock steps and commit order)."""
+        cur = await conn.execute(
+            "SELECT now(), array(SELECT id FROM api_keys WHERE %(since)s::timestamptz IS NOT NULL "
+            "AND revoked_at >= %(since)s::timestamptz - interval '30 seconds')",
+            {"since": self._revocations_seen})
+        row = await cur.fetchone()
+        if row is None:
+            return
+        self._revocations_seen = row[0]
+        for key_id in row[1] or ():
+            self.invalidate(key_id)
 
     async def verify(self, conn: psycopg.AsyncConnection[Any], plaintext: str) -> Principal | None:
         fp = hashlib.sha256(plaintext.encode("utf-8")).digest()
@@ -125,6 +156,7 @@ class KeyVerifier:
         now = time.monotonic()
         if hit is not None and hit[0] > now:
             return hit[1]
+        self.lookups += 1
         parts = split_key(plaintext)
         principal: Principal | None = None
         if parts is not None:
@@ -228,13 +260,16 @@ class AccessMiddleware:
                                            "or 'X-API-Key: <api key>'", [(b"www-authenticate", b"Bearer")])
                     return
             else:
-                try:
-                    async with self.pool().connection(timeout=self.timeout_s) as conn:
-                        principal = await self.verifier.verify(conn, cred)
-                except (PoolTimeout, psycopg.Error) as exc:
-                    log.warning("auth_database_unavailable", path=path, error=type(exc).__name__)
-                    await _json(send, 503, "database unavailable, try again shortly")
-                    return
+                # A key verified moments ago needs no database round trip (see KeyVerifier).
+                hit, principal = self.verifier.cached(cred)
+                if not hit:
+                    try:
+                        async with self.pool().connection(timeout=self.timeout_s) as conn:
+                            principal = await self.verifier.verify(conn, cred)
+                    except (PoolTimeout, psycopg.Error) as exc:
+                        log.warning("auth_database_unavailable", path=path, error=type(exc).__name__)
+                        await _json(send, 503, "database unavailable, try again shortly")
+                        return
                 if principal is None:
                     log.info("auth_rejected", path=path, method=method)
                     await _json(send, 401, "invalid or revoked API key", [(b"www-authenticate", b"Bearer")])

@@ -13,6 +13,13 @@ from oee_stream.config import Machine, Plant
 from oee_stream.storage import edits
 
 ENTITY_KINDS: tuple[str, ...] = ("machine", "line", "area", "site")
+CALENDAR_WINDOWS: tuple[str, ...] = ("shift", "day", "week", "hour")
+
+
+def allowed_windows(plant: Plant) -> list[str]:
+    """Window kinds the API accepts in `?window=`: the plant's rolling windows, then the calendar ones."""
+    names = [w.name for w in plant.rolling_windows]
+    return names + [w for w in CALENDAR_WINDOWS if w not in names]
 
 
 @dataclass
@@ -21,6 +28,8 @@ class Ctx:
     plant: Plant
     allowed_windows: list[str]
     members: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, id) -> machine ids
+    cache: Any = None  # LiveCache | None (api.cache imports this module's neighbours)
+    verifier: Any = None  # KeyVerifier | None
 
     def __post_init__(self) -> None:
         p = self.plant
@@ -31,6 +40,11 @@ class Ctx:
             for m in ids:
                 self.members[("machine", m)] = [m]
         self.members[("site", p.site.id)] = [m.id for m in p.machines]
+
+    def live(self) -> Any:
+        """The live cache when it is fresh (the live routes then need no database), else None."""
+        c = self.cache
+        return c if c is not None and c.fresh() else None
 
     @property
     def machine_ids(self) -> list[str]:

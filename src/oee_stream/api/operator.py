@@ -69,6 +69,16 @@ def _event(row: dict[str, Any], tz: Any) -> DowntimeEvent:
                          reason_source=row["reason_source"], comment=row["comment"])
 
 
+def _feed_cache(ctx: Ctx, rows: list[dict[str, Any]]) -> None:
+    """Committed edits go into the live cache at once (the current state of a machine shows the reason)."""
+    if ctx.cache is None:
+        return
+    ctx.cache.apply_intervals([
+        (r["machine_id"], datetime.fromisoformat(r["start_time"]),
+         datetime.fromisoformat(r["end_time"]) if r["end_time"] else None, r["time_class"], r["reason"])
+        for r in rows])
+
+
 def _check_reason(tree: dict[str, list[str]], r: ReasonIn) -> str | None:
     """The category of r.reason (validated); None when no reason is given."""
     if r.reason is None:
@@ -120,6 +130,7 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                                              reason=body.reason, category=category, comment=body.comment)
             except edits.EditError as exc:
                 raise HTTPException(exc.status, str(exc)) from None
+        _feed_cache(ctx, [row])
         return _event(row, zone)
 
     @app.post("/api/v1/downtime/{machine_id}/{start}/split", response_model=SplitOut, tags=["operator"],
@@ -143,5 +154,6 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                     second={"reason": body.second.reason, "category": c2, "comment": body.second.comment})
             except edits.EditError as exc:
                 raise HTTPException(exc.status, str(exc)) from None
+        _feed_cache(ctx, [a, b])
         return SplitOut(first=_event(a, zone), second=_event(b, zone))
 

@@ -118,7 +118,7 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         return dict(json_safe(result))
 
     async def entity_oee(request: Request, kind: str, eid: str, window: str | None, start_s: str | None,
-                         end_s: str | None, tz: str | None) -> dict[str, Any]:
+                         end_s: str | None, tz: str | None) -> dict[str, Any] | Response:
         zone = tzp(tz)
         if start_s is None and end_s is None:
             if window is None:
@@ -134,6 +134,15 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                 # The week is in progress: the hours still to come are not "missing".
                 rec["flags"] = [f for f in rec["flags"] if f != "partial_range"]
                 return tu.localize(rec, zone)
+            live = ctx.live()
+            if live is not None:
+                cached = live.result(kind, eid, window)
+                if cached is None:
+                    raise HTTPException(404, f"no stored {window!r} result for {kind} {eid!r} yet")
+                if zone is None or zone is UTC:
+                    # The hot path of boards and MES polling: bytes serialized once per stored result.
+                    return Response(cached.json(), media_type="application/json")
+                return tu.localize(dict(json_safe(cached.stored.payload)), zone)
             async with ctx.connection(request) as conn:
                 latest = await queries.latest_results(conn, [eid], [window], entity_kind=kind)
             stored = latest[eid].get(window)
@@ -160,7 +169,7 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         request: Request, machine_id: str,
         window: Annotated[str | None, Query(description=f"One of: {', '.join(ctx.allowed_windows)}.")] = None,
         start: StartParam = None, end: EndParam = None, tz: TzParam = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Response:
         ctx.machine(machine_id)
         return await entity_oee(request, "machine", machine_id, window, start, end, tz)
 
@@ -170,7 +179,7 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         request: Request, entity_id: str, kind: KindParam = None,
         window: Annotated[str | None, Query(description=f"One of: {', '.join(ctx.allowed_windows)}.")] = None,
         start: StartParam = None, end: EndParam = None, tz: TzParam = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Response:
         k, eid = ctx.entity(entity_id, kind)
         return await entity_oee(request, k, eid, window, start, end, tz)
 
@@ -244,14 +253,16 @@ def register(app: FastAPI, ctx: Ctx) -> None:
             raise HTTPException(422, f"unknown windows {bad}; allowed: {stored_kinds}")
         now = time.time()
         areas = sorted({line.area for line in plant.lines})
-        async with ctx.connection(request) as conn:
-            latest = {
-                "machine": await queries.latest_results(conn, ctx.machine_ids, wins, entity_kind="machine"),
-                "line": await queries.latest_results(conn, [li.id for li in plant.lines], wins, entity_kind="line"),
-                "area": await queries.latest_results(conn, areas, wins, entity_kind="area"),
-                "site": await queries.latest_results(conn, [plant.site.id], wins, entity_kind="site"),
-            }
-            states = await queries.open_states(conn, ctx.machine_ids)
+        ids = {"machine": ctx.machine_ids, "line": [li.id for li in plant.lines], "area": areas,
+               "site": [plant.site.id]}
+        live = ctx.live()
+        if live is not None:
+            latest = {k: live.latest(k, v, wins) for k, v in ids.items()}
+            states = live.open_states(ctx.machine_ids)
+        else:
+            async with ctx.connection(request) as conn:
+                latest = {k: await queries.latest_results(conn, v, wins, entity_kind=k) for k, v in ids.items()}
+                states = await queries.open_states(conn, ctx.machine_ids)
 
         def kpis(kind: str, eid: str) -> dict[str, KpiSummary]:
             out = {}

@@ -359,3 +359,78 @@ async def intervals_in_range(
     rows = await cur.fetchall()
     total = int(rows[0][-1]) if rows else 0
     return [Interval(*r[:-1]) for r in rows], total
+
+
+# ------------------------------------------------------------------------------ live cache refresh
+
+_LATEST_KEYS = """
+SELECT e.entity, e.kind, k.wk, r.window_start, r.window_end, r.computed_at
+FROM unnest(%(entities)s::text[], %(ekinds)s::text[]) AS e(entity, kind)
+CROSS JOIN unnest(%(wks)s::text[]) AS k(wk)
+CROSS JOIN LATERAL (
+    SELECT window_start, window_end, computed_at
+    FROM oee_results
+    WHERE entity = e.entity AND entity_kind = e.kind AND window_kind = k.wk
+    ORDER BY window_end DESC, window_start DESC
+    LIMIT 1
+) AS r
+"""
+
+_RESULTS_BY_KEY = """
+SELECT o.entity, o.entity_kind, o.window_kind, o.window_start, o.window_end, o.computed_at, o.payload
+FROM unnest(%(entities)s::text[], %(ekinds)s::text[], %(wks)s::text[], %(starts)s::timestamptz[])
+     AS k(entity, kind, wk, ws)
+JOIN oee_results o
+  ON o.entity = k.entity AND o.entity_kind = k.kind AND o.window_kind = k.wk AND o.window_start = k.ws
+"""
+
+ResultKey = tuple[str, str, str]  # (entity_kind, entity, window_kind)
+# (window_start, window_end, computed_at) of the newest stored row of a key
+ResultStamp = tuple[datetime, datetime, datetime]
+
+
+async def latest_result_stamps(
+    conn: psycopg.AsyncConnection[Any], entities: Sequence[tuple[str, str]], window_kinds: Sequence[str]
+) -> dict[ResultKey, ResultStamp]:
+    """For every (entity_kind, entity) and window kind, the key columns of its newest stored result (the
+    row `latest_results` returns), without the payload: cheap enough to poll every second."""
+    if not entities or not window_kinds:
+        return {}
+    cur = await conn.execute(_LATEST_KEYS, {"entities": [e for _, e in entities],
+                                            "ekinds": [k for k, _ in entities], "wks": list(window_kinds)})
+    return {(k, e, w): (s, en, c) for e, k, w, s, en, c in await cur.fetchall()}
+
+
+async def results_by_key(
+    conn: psycopg.AsyncConnection[Any], keys: Sequence[tuple[str, str, str, datetime]]
+) -> list[tuple[Any, ...]]:
+    """Stored rows by primary key ((entity_kind, entity, window_kind, window_start) tuples), as
+    (entity, entity_kind, window_kind, window_start, window_end, computed_at, payload)."""
+    if not keys:
+        return []
+    cur = await conn.execute(_RESULTS_BY_KEY, {
+        "ekinds": [k[0] for k in keys], "entities": [k[1] for k in keys], "wks": [k[2] for k in keys],
+        "starts": [k[3] for k in keys]})
+    return list(await cur.fetchall())
+
+
+_LATEST_INTERVALS = """
+SELECT e.machine_id, s.start_time, s.end_time, s.time_class, s.reason
+FROM unnest(%s::text[]) AS e(machine_id)
+CROSS JOIN LATERAL (
+    SELECT start_time, end_time, time_class, reason
+    FROM state_intervals
+    WHERE machine_id = e.machine_id
+    ORDER BY start_time DESC
+    LIMIT 1
+) AS s
+"""
+
+
+async def latest_intervals(conn: psycopg.AsyncConnection[Any], machines: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The newest state interval of each machine (open or not), as
+    (machine_id, start_time, end_time, time_class, reason); `open_states` keeps those with no end."""
+    if not machines:
+        return []
+    cur = await conn.execute(_LATEST_INTERVALS, (list(machines),))
+    return list(await cur.fetchall())

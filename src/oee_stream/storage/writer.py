@@ -21,14 +21,15 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import orjson
 import psycopg
 import structlog
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from oee_stream.bus import Sample
@@ -39,6 +40,11 @@ from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES
 log = structlog.get_logger(__name__)
 
 Kind = Literal["samples", "results", "intervals", "configs", "dead_letters"]
+
+# Called after a batch of results or state intervals is committed, with the rows as the database now holds
+# them (RETURNING of the upsert: a result row the database kept because it was newer is not in the list;
+# an interval row carries the operator's reason the upsert preserved). See `StorageWriter.add_listener`.
+WrittenListener = Callable[[Kind, list[tuple[Any, ...]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,11 @@ class StateInterval:
     reason: str | None = None
     reason_source: str | None = None  # plc | rule | operator
     comment: str | None = None
+
+
+async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool `configure` hook: jsonb is parsed with orjson (several times faster than json.loads)."""
+    set_json_loads(orjson.loads, conn)
 
 
 def _ts(epoch: float) -> datetime:
@@ -167,6 +178,8 @@ _RESULTS_UPSERT = (
     # older computation) must not overwrite a newer one.
     + " WHERE oee_results.computed_at <= EXCLUDED.computed_at"
 )
+RESULTS_RETURNING = ("entity", "entity_kind", "window_kind", "window_start", "window_end", "computed_at", "payload")
+_RESULTS_UPSERT_RETURNING = _RESULTS_UPSERT + " RETURNING " + ", ".join(RESULTS_RETURNING)
 
 # An operator's reason/comment survives the engine closing or re-emitting the interval, and so does the
 # end of an event an operator split in two (end_locked).
@@ -184,6 +197,8 @@ ON CONFLICT (machine_id, start_time) DO UPDATE SET
                          THEN state_intervals.reason_source ELSE EXCLUDED.reason_source END,
     comment = COALESCE(EXCLUDED.comment, state_intervals.comment)
 """
+INTERVALS_RETURNING = ("machine_id", "start_time", "end_time", "time_class", "reason")
+_INTERVALS_UPSERT_RETURNING = _INTERVALS_UPSERT.rstrip() + " RETURNING " + ", ".join(INTERVALS_RETURNING)
 
 _CONFIG_INSERT = """
 INSERT INTO config_versions (config_hash, body) VALUES (%s, %s) ON CONFLICT (config_hash) DO NOTHING
@@ -243,6 +258,7 @@ class StorageWriter:
             max_size=pool_max_size,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(acquire_timeout_s))},
             check=AsyncConnectionPool.check_connection,
+            configure=configure_connection,
             name="oee-writer",
         )
         self.written_rows = 0
@@ -259,6 +275,22 @@ class StorageWriter:
         self._empty = asyncio.Event()
         self._empty.set()
         self._closing = False
+        self._listeners: list[WrittenListener] = []
+
+    def add_listener(self, listener: WrittenListener) -> None:
+        """Call `listener(kind, rows)` after every committed batch of `results` or `intervals`.
+
+        Rows are what the upsert returned (columns `RESULTS_RETURNING` / `INTERVALS_RETURNING`), so an
+        in-memory copy fed from here equals the database. The listener runs on the writer's task and must
+        be quick and not raise (exceptions are logged and swallowed)."""
+        self._listeners.append(listener)
+
+    def _notify(self, kind: Kind, rows: list[tuple[Any, ...]]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(kind, rows)
+            except Exception:
+                log.exception("storage_listener_failed", kind=kind)
 
     # --------------------------------------------------------------------------------- lifecycle
 
@@ -442,6 +474,7 @@ class StorageWriter:
         return rejected
 
     async def _write(self, kind: Kind, rows: list[tuple[Any, ...]]) -> None:
+        written: list[tuple[Any, ...]] = []
         async with self.pool.connection(timeout=self.acquire_timeout_s) as conn:
             async with conn.transaction():
                 cur = conn.cursor()
@@ -452,6 +485,13 @@ class StorageWriter:
                         for row in rows:
                             await copy.write_row(row)
                     await cur.execute(_SAMPLES_MERGE)
+                elif kind in ("results", "intervals") and self._listeners:
+                    q = _RESULTS_UPSERT_RETURNING if kind == "results" else _INTERVALS_UPSERT_RETURNING
+                    await cur.executemany(q, rows, returning=True)
+                    while True:
+                        written.extend(await cur.fetchall())
+                        if not cur.nextset():
+                            break
                 elif kind == "results":
                     await cur.executemany(_RESULTS_UPSERT, rows)
                 elif kind == "intervals":
@@ -460,3 +500,6 @@ class StorageWriter:
                     await cur.executemany(_CONFIG_INSERT, rows)
                 else:
                     await cur.executemany(_DEAD_LETTER_INSERT, rows)
+        # Committed (the transaction block has exited): now the rows may be shown as the database's.
+        if written:
+            self._notify(kind, written)
