@@ -1008,7 +1008,6 @@ class Engine:
         if len(t) == 0:
             return
         self._epoch += 1
-        self._tail_dirty[m] = True
         cp = self.cp
         assert self.origin is not None
         origin, span = self.origin, self._span
@@ -1137,9 +1136,12 @@ class Engine:
             xm, xt, xc, xr, xf = [sm], [st], [cls], [reason], [srcflag]
         # The open stop of each touched machine is taken back and derived again with the new rows: its
         # rows' class (micro or unplanned) is only known once it ends.
+        if self.policies.stale_after_s is not None:
+            self._tail_dirty[lm_] = True  # a newer sample moves the stale moment
         touched = np.unique(np.concatenate(xm)) if len(xm) > 1 or len(sm) else np.zeros(0, np.int64)
         if len(touched) == 0:
             return
+        self._tail_dirty[touched] = True  # only machines with new state rows have a new open end
         sa = self._sa
         rw = touched[self._run_pos[touched] >= 0]
         if len(rw):
