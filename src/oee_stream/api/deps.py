@@ -30,9 +30,11 @@ class Ctx:
     members: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (kind, id) -> machine ids
     cache: Any = None  # LiveCache | None (api.cache imports this module's neighbours)
     verifier: Any = None  # KeyVerifier | None
+    _machines: dict[str, Machine] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = self.plant
+        self._machines = {m.id: m for m in p.machines}
         for line in p.lines:
             ids = [m.id for m in line.machines]
             self.members[("line", line.id)] = ids
@@ -59,7 +61,7 @@ class Ctx:
 
     def machine(self, machine_id: str) -> Machine:
         try:
-            return self.plant.machine(machine_id)
+            return self._machines[machine_id]
         except KeyError:
             raise HTTPException(
                 404, f"unknown machine {machine_id!r}; known machines: {self.machine_ids}"

@@ -6,6 +6,7 @@ applies the formulas of OEE-SEMANTICS.md section 2 once (section 4): ratios are 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -385,6 +386,18 @@ JOIN oee_results o
 """
 
 ResultKey = tuple[str, str, str]  # (entity_kind, entity, window_kind)
+_CHUNK = 200
+
+
+async def _fetch_in_chunks(cur: psycopg.AsyncCursor[Any]) -> list[tuple[Any, ...]]:
+    """All rows, parsed a chunk at a time with the event loop served in between: psycopg converts rows
+    when they are fetched, and a thousand timestamps and payloads in one go would hold up every request
+    of the API for milliseconds."""
+    out: list[tuple[Any, ...]] = []
+    while rows := await cur.fetchmany(_CHUNK):
+        out.extend(rows)
+        await asyncio.sleep(0)
+    return out
 # (window_start, window_end, computed_at) of the newest stored row of a key
 ResultStamp = tuple[datetime, datetime, datetime]
 
@@ -398,7 +411,7 @@ async def latest_result_stamps(
         return {}
     cur = await conn.execute(_LATEST_KEYS, {"entities": [e for _, e in entities],
                                             "ekinds": [k for k, _ in entities], "wks": list(window_kinds)})
-    return {(k, e, w): (s, en, c) for e, k, w, s, en, c in await cur.fetchall()}
+    return {(k, e, w): (s, en, c) for e, k, w, s, en, c in await _fetch_in_chunks(cur)}
 
 
 async def results_by_key(
@@ -411,7 +424,7 @@ async def results_by_key(
     cur = await conn.execute(_RESULTS_BY_KEY, {
         "ekinds": [k[0] for k in keys], "entities": [k[1] for k in keys], "wks": [k[2] for k in keys],
         "starts": [k[3] for k in keys]})
-    return list(await cur.fetchall())
+    return await _fetch_in_chunks(cur)
 
 
 _LATEST_INTERVALS = """
@@ -433,4 +446,4 @@ async def latest_intervals(conn: psycopg.AsyncConnection[Any], machines: Sequenc
     if not machines:
         return []
     cur = await conn.execute(_LATEST_INTERVALS, (list(machines),))
-    return list(await cur.fetchall())
+    return await _fetch_in_chunks(cur)
