@@ -144,16 +144,24 @@ async def test_series_pages_through_hours_shifts_and_days(client: httpx.AsyncCli
 async def test_losses_pareto_sorted_descending(client: httpx.AsyncClient, db: str) -> None:
     a = make_result("press-1", "hour", T0, seconds={"running": 2400, "unplanned_stop": 900, "planned_stop": 300},
                     total=1000, good=950)
-    a.downtime_by_reason_s = {"die failure": 700, "billet starved": 200, "die change": 300}
     b = make_result("caster-1", "hour", T0, seconds={"running": 3000, "unplanned_stop": 600}, total=10, good=10)
-    b.downtime_by_reason_s = {"metal leak": 600}
     site = kind(make_result("alu-works", "hour", T0, seconds={"running": 3000, "unplanned_stop": 600},
                             total=1000, good=950), "site")
-    await write(db, [a, b, site])
+    await write(db, [a, b, site], [
+        StateInterval("press-1", T0 - 100, T0 + 600, "unplanned_stop", "die failure", "plc"),  # 600 s inside
+        StateInterval("press-1", T0 + 600, T0 + 700, "running"),
+        StateInterval("press-1", T0 + 700, T0 + 800, "unplanned_stop", "die failure", "plc"),
+        StateInterval("press-1", T0 + 800, T0 + 1000, "micro_stop", "billet starved", "rule"),
+        StateInterval("press-1", T0 + 1000, T0 + 1300, "planned_stop", "die change", "plc"),
+        StateInterval("press-1", T0 + 1300, T0 + 3500, "running"),
+        StateInterval("press-1", T0 + 3500, T0 + 3700, "unknown"),  # not a stop
+        StateInterval("caster-1", T0 + 3000, T0 + 3900, "unplanned_stop", "metal leak", "plc"),  # 600 s inside
+    ])
     r = await client.get("/api/v1/entities/press-1/losses", params={"start": iso(T0), "end": iso(T0 + 3600)})
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["name"] for x in body["downtime_by_reason"]] == ["die failure", "die change", "billet starved"]
+    assert body["downtime_by_reason"][0]["seconds"] == pytest.approx(700)
     assert body["downtime_by_reason"][0]["share"] == pytest.approx(700 / 1200)
     six = {x["name"]: x["seconds"] for x in body["six_big_losses"]}
     assert six["unplanned_stops"] == 900 and six["planned_stops"] == 300
@@ -161,7 +169,41 @@ async def test_losses_pareto_sorted_descending(client: httpx.AsyncClient, db: st
     assert secs == sorted(secs, reverse=True)
     r = await client.get("/api/v1/entities/alu-works/losses", params={"start": iso(T0), "end": iso(T0 + 3600)})
     reasons = {x["name"]: x["seconds"] for x in r.json()["downtime_by_reason"]}
-    assert reasons == {"die failure": 700, "metal leak": 600, "die change": 300, "billet starved": 200}
+    assert reasons == pytest.approx({"die failure": 700, "metal leak": 600, "die change": 300, "billet starved": 200})
+
+
+async def test_losses_pareto_uses_the_operators_reasons(client: httpx.AsyncClient, db: str) -> None:
+    """The PLC said `unspecified`; the operator coded the stop, then split another one: the Pareto shows
+    the final reasons, also after the engine re-emitted the intervals with its own reasons."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from oee_stream.storage import edits
+
+    hour = make_result("press-1", "hour", T0, seconds={"running": 2700, "unplanned_stop": 900}, total=10, good=10)
+    hour.downtime_by_reason_s = {"unspecified": 900}  # what the engine saw when it computed the hour
+    stops = [StateInterval("press-1", T0 + 100, T0 + 400, "unplanned_stop", None, "plc"),
+             StateInterval("press-1", T0 + 1000, T0 + 1600, "unplanned_stop", "unspecified", "rule")]
+    await write(db, [hour], stops)
+
+    def at(t: float) -> datetime:
+        return datetime.fromtimestamp(t, UTC)
+
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        await edits.set_reason(conn, "op", "press-1", at(T0 + 100), reason="die failure",
+                               category="unplanned_stop", comment=None)
+        await edits.split(conn, "op", "press-1", at(T0 + 1000), at(T0 + 1200),
+                          first={"reason": "billet starved", "category": "unplanned_stop", "comment": None},
+                          second={"reason": "die failure", "category": "unplanned_stop", "comment": None})
+    await write(db, [], stops)  # the engine re-emits its view: operator reasons and the split stay
+    r = await client.get("/api/v1/entities/press-1/losses", params={"start": iso(T0), "end": iso(T0 + 3600)})
+    assert r.status_code == 200, r.text
+    got = {x["name"]: x["seconds"] for x in r.json()["downtime_by_reason"]}
+    assert got == pytest.approx({"die failure": 300 + 400, "billet starved": 200})
+    r = await client.get("/api/v1/entities/extrusion/losses",
+                         params={"start": iso(T0), "end": iso(T0 + 3600), "kind": "line"})
+    assert {x["name"] for x in r.json()["downtime_by_reason"]} == {"die failure", "billet starved"}
 
 
 async def test_shift_report_targets_from_calendar_and_ideal_speed(client: httpx.AsyncClient, db: str) -> None:

@@ -212,21 +212,18 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         request: Request, entity_id: str, start: StartParam = None, end: EndParam = None,
         kind: KindParam = None, tz: TzParam = None,
     ) -> LossesOut:
-        """Sums of the stored hourly results lying inside [start, end): `six_big_losses_s` of the entity
-        and `downtime_by_reason_s` (of its machines for a line, area or site), sorted descending."""
+        """`six_big_losses`: sums of the entity's stored hourly results lying inside [start, end).
+        `downtime_by_reason`: stop seconds (planned, unplanned and micro stops) of its machines' downtime
+        events overlapping [start, end), clipped to the range (an open event counts until now), by their
+        final reason — an operator's reason (PUT /api/v1/downtime/…) replaces the PLC's or the rule's, split
+        events count per part, events without a reason are `unspecified`. Both sorted descending."""
         k, eid = ctx.entity(entity_id, kind)
         zone = tzp(tz)
         s, e = tu.check_range(tu.instant(start, "start", zone), tu.instant(end, "end", zone), settings.max_range_days)
         async with ctx.connection(request) as conn:
             own = await queries.hourly_payloads(conn, eid, s, e, entity_kind=k)
-            if k == "machine":
-                machine_rows = own
-            else:
-                page = await queries.results_in_range(conn, "machine", ctx.members[(k, eid)], "hour", s, e,
-                                                      inside=True)
-                machine_rows = [p for _, p in page.rows]
+            by_reason = await queries.downtime_by_reason(conn, ctx.members[(k, eid)], s, e)
         r = queries.rollup(own, entity=eid, entity_kind=k, start=s.timestamp(), end=e.timestamp())
-        by_reason = queries.rollup(machine_rows)["downtime_by_reason_s"]
 
         def items(d: dict[str, float]) -> list[LossItem]:
             tot = sum(v for v in d.values() if v > 0)

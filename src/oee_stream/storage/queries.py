@@ -447,3 +447,38 @@ async def latest_intervals(conn: psycopg.AsyncConnection[Any], machines: Sequenc
         return []
     cur = await conn.execute(_LATEST_INTERVALS, (list(machines),))
     return await _fetch_in_chunks(cur)
+
+
+# ------------------------------------------------------------------------------------- loss Pareto
+
+STOP_CLASSES: tuple[str, ...] = ("planned_stop", "unplanned_stop", "micro_stop")
+
+_DOWNTIME_BY_REASON = """
+SELECT reason, sum(seconds) AS seconds
+FROM (
+    SELECT COALESCE(reason, 'unspecified') AS reason,
+           greatest(0, extract(epoch FROM least(COALESCE(end_time, now()), %(end)s)
+                                        - greatest(start_time, %(start)s))) AS seconds
+    FROM state_intervals
+    WHERE machine_id = ANY(%(machines)s) AND time_class = ANY(%(classes)s)
+      AND start_time < %(end)s AND (end_time IS NULL OR end_time > %(start)s)
+) AS clipped
+GROUP BY reason
+HAVING sum(seconds) > 0
+"""
+
+
+async def downtime_by_reason(
+    conn: psycopg.AsyncConnection[Any], machines: Sequence[str], start: datetime, end: datetime,
+    *, classes: Sequence[str] = STOP_CLASSES,
+) -> dict[str, float]:
+    """Stop seconds per *final* reason of the machines' state intervals, clipped to [start, end) (an open
+    interval counts until now). The reason column is final: an operator's reason replaces the PLC's or the
+    rule's and is never overwritten by the engine (writer upsert), and split events count per part.
+    Intervals without a reason count as `unspecified`, as the engine names them."""
+    if not machines:
+        return {}
+    cur = await conn.execute(_DOWNTIME_BY_REASON, {
+        "machines": list(machines), "classes": list(classes), "start": start.astimezone(UTC),
+        "end": end.astimezone(UTC)})
+    return {str(r): float(s) for r, s in await cur.fetchall()}
