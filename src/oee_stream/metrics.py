@@ -16,3 +16,6 @@ COUNTER_ROLLOVERS = Gauge("oee_counter_rollovers", "Counter rollovers seen in th
 DB_WRITE_RETRIES = Gauge("oee_db_write_retries", "Failed database flush attempts so far")
 DB_DROPPED_ROWS = Gauge("oee_db_dropped_rows", "Rows the writer had to drop")
 DB_BUFFERED_ROWS = Gauge("oee_db_buffered_rows", "Rows waiting for the database")
+RETENTION_DELETED = Counter("oee_retention_deleted_rows_total",
+                            "Rows deleted by the retention job (plain PostgreSQL)", ["table"])
+RETENTION_LAST_RUN = Gauge("oee_retention_last_run_timestamp_seconds", "When the retention job last finished")

@@ -28,6 +28,7 @@ from oee_stream.embedded import embedded_mqtt_broker, embedded_postgres, free_po
 from oee_stream.service import EngineService
 from oee_stream.settings import Settings
 from oee_stream.storage.migrations import migrate_async
+from oee_stream.storage.retention import Retention, apply_timescaledb_retention, retention_loop
 from oee_stream.storage.writer import StorageWriter
 
 log = structlog.get_logger("oee")
@@ -98,6 +99,9 @@ async def running_service(
             log.info("embedded_mqtt_broker", url=mqtt_url)
         report = await migrate_async(db_url)
         log.info("database_ready", flavor=report.flavor, schema_version=report.current)
+        retention = Retention.from_days(settings.retention_samples_days, settings.retention_history_days)
+        if report.flavor == "timescaledb":
+            await asyncio.to_thread(apply_timescaledb_retention, db_url, retention)
         env = dict(os.environ)
         env.update(connector_env or {})
         sim = None
@@ -150,6 +154,11 @@ async def running_service(
         tasks.append(asyncio.create_task(supervise("engine", service.run()), name="engine"))
         for c in connectors:
             tasks.append(asyncio.create_task(supervise(f"connector {c.id}", c.run()), name=f"connector-{c.id}"))
+        if report.flavor == "postgresql":
+            # No retention policies without TimescaleDB: the service prunes old rows itself.
+            tasks.append(asyncio.create_task(
+                supervise("retention", retention_loop(db_url, retention, every_s=settings.retention_interval_s)),
+                name="retention"))
         tasks.append(asyncio.create_task(supervise("api", server.serve()), name="api"))
         try:
             await asyncio.wait_for(service.ready.wait(), timeout=60)

@@ -28,5 +28,9 @@ class Settings(BaseSettings):
     write_every_ticks: int = Field(1, ge=1, description="write results to the database every N ticks")
     data_dir: Path = Field(Path("var"), description="embedded PostgreSQL data, spools, recordings")
     record_path: Path | None = Field(None, description="append every bus message the engine reads here (replay)")
+    retention_samples_days: float = Field(90, ge=0, description="keep raw samples this long (0 = for ever)")
+    retention_history_days: float = Field(730, ge=0, description="keep KPI results and state intervals this long "
+                                                                 "(0 = for ever)")
+    retention_interval_s: float = Field(3600, gt=0, description="how often the retention job runs (plain PostgreSQL)")
     log_format: str = Field("console", description="console | json")
     log_level: str = "info"
