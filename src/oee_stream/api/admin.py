@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oee_stream.api.auth import ROLES, new_key
 from oee_stream.api.deps import Ctx
+from oee_stream.api.models import ErrorOut
 from oee_stream.api.operator import principal_of
 from oee_stream.config import Product
 from oee_stream.storage import edits
@@ -89,7 +90,7 @@ def register(app: FastAPI, ctx: Ctx) -> None:
 
     @app.get("/api/v1/admin/audit", tags=["admin"], summary="Audit log, newest first")
     async def audit(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+                    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> list[dict[str, Any]]:
         async with ctx.connection(request) as conn:
             cur = await conn.execute(
                 "SELECT id, at, actor, action, target, old, new FROM audit_log ORDER BY id DESC LIMIT %s OFFSET %s",
@@ -116,7 +117,8 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                               {"name": body.name, "role": body.role})
         return KeyCreated(id=key_id, name=body.name, role=body.role, key=plaintext)
 
-    @app.delete("/api/v1/admin/keys/{key_id}", status_code=204, tags=["admin"], summary="Revoke an API key")
+    @app.delete("/api/v1/admin/keys/{key_id}", status_code=204, tags=["admin"], summary="Revoke an API key",
+                responses={404: {"model": ErrorOut, "description": "No live key with this id."}})
     async def revoke_key(request: Request, key_id: str) -> None:
         async with ctx.connection(request) as conn, conn.transaction():
             cur = await conn.execute(

@@ -110,6 +110,45 @@ class _IdleCheck:
             await AsyncConnectionPool.check_connection(conn)
 
 
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
+_COMMON_RESPONSES: dict[str, str] = {
+    "401": "No API key, or an invalid or revoked one (header `WWW-Authenticate: Bearer`).",
+    "403": "The key's role is too low for this route (viewer < operator < admin).",
+    "503": "Database unavailable; retry shortly.",
+}
+
+
+def _document_common_responses(spec: dict[str, Any]) -> None:
+    """Declare what every route can answer besides its own responses: 401/403 from access control, 413
+    from the body limit, 503 while the database is down, and 422 in both shapes (FastAPI's validation
+    errors with a list, this API's own parameter errors with a message)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    if "ErrorOut" not in schemas:
+        schemas["ErrorOut"] = ErrorOut.model_json_schema()
+    for path, item in spec.get("paths", {}).items():
+        for method, op in item.items():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            if path == "/livez":
+                op["security"] = []
+                continue
+            responses = op["responses"]
+            for code, text in _COMMON_RESPONSES.items():
+                responses.setdefault(code, {"description": text,
+                                            "content": {"application/json": {"schema": _ERROR_REF}}})
+            if method in ("put", "post", "patch"):
+                responses.setdefault("413", {"description": "Request body too large (64 KiB by default).",
+                                             "content": {"application/json": {"schema": _ERROR_REF}}})
+            r422 = responses.get("422")
+            if r422 is not None:
+                content = r422.setdefault("content", {}).setdefault("application/json", {})
+                current = content.get("schema")
+                if current is not None and current != _ERROR_REF and "anyOf" not in current:
+                    content["schema"] = {"anyOf": [current, _ERROR_REF]}
+                elif current is None:
+                    content["schema"] = _ERROR_REF
+
+
 def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> FastAPI:
     plant = settings.plant
     allowed = allowed_windows(plant)
@@ -178,6 +217,12 @@ def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> Fast
     async def _db_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("api_database_unavailable", path=request.url.path, error=type(exc).__name__)
         return JSONResponse(status_code=503, content={"detail": "database unavailable, try again shortly"})
+
+    @app.exception_handler(psycopg.DataError)
+    async def _bad_value(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A value the database cannot represent (out-of-range number or time): the request's fault.
+        msg = str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        return JSONResponse(status_code=422, content={"detail": f"invalid value: {msg}"})
 
     @app.get("/livez", response_model=LiveOut, tags=["probes"], summary="Liveness")
     async def livez() -> LiveOut:
@@ -330,6 +375,7 @@ def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> Fast
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             }
             spec["security"] = [{"bearer": []}, {"apiKey": []}]
+            _document_common_responses(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 

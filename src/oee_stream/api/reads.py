@@ -63,7 +63,8 @@ KindParam = Annotated[
 StartParam = Annotated[str | None, Query(description="Range start, ISO 8601 (2025-03-01T06:00:00Z), or a date.")]
 EndParam = Annotated[str | None, Query(description="Range end (exclusive), ISO 8601, or a date.")]
 LimitParam = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
-OffsetParam = Annotated[int, Query(ge=0, description="Items to skip.")]
+MAX_OFFSET = 1_000_000_000
+OffsetParam = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
 
 
 def summary(stored: queries.StoredResult) -> KpiSummary:
