@@ -135,6 +135,29 @@ def test_timescaledb_statements_follow_the_2x_api() -> None:
     assert "add_continuous_aggregate_policy('oee_hourly'" in sql
 
 
+def test_key_changes_on_timescaledb_run_with_compression_disabled() -> None:
+    """TimescaleDB refuses to drop or add a primary key while compression is enabled on the hypertable:
+    every migration after 1 that touches a key must turn compression off first and back on after."""
+    import re
+
+    for m in MIGRATIONS[1:]:
+        ts = m.statements("timescaledb")
+        for table in ("samples", "state_intervals", "oee_results"):
+            key_change = re.search(rf"ALTER TABLE {table} (DROP|ADD) CONSTRAINT", ts) or \
+                re.search(rf"CREATE UNIQUE INDEX[^;]* ON {table}\b", ts)
+            if not key_change:
+                continue
+            off = ts.find(f"ALTER TABLE {table} SET (timescaledb.compress = false)")
+            on = ts.find(f"ALTER TABLE {table} SET (\n    timescaledb.compress,")
+            decompress = ts.find(f"decompress_chunk(c, TRUE) FROM show_chunks('{table}')")
+            policy_off = ts.find(f"remove_compression_policy('{table}'")
+            assert -1 < policy_off < decompress < off < key_change.start() < on, (m.version, table)
+            assert f"add_compression_policy('{table}'" in ts[on:], (m.version, table)
+    # Plain PostgreSQL gets the key change without any TimescaleDB call.
+    assert "timescaledb" not in MIGRATIONS[2].statements("postgresql")
+    assert "PRIMARY KEY (entity, entity_kind, window_kind, window_start)" in MIGRATIONS[2].statements("postgresql")
+
+
 # ------------------------------------------------------------------------------------------ writer
 
 

@@ -318,10 +318,30 @@ COMMENT ON TABLE api_config IS 'Configuration set through the API (reason_tree, 
 CREATE INDEX IF NOT EXISTS api_config_section_idx ON api_config (section, version DESC);
 """
 
+# TimescaleDB refuses to drop or create a primary key / unique constraint on a hypertable that has
+# compression enabled ("operation not supported on hypertables that have compression enabled"; the
+# compression docs: "Creation of unique constraints on compressed chunks is not supported. You can add them
+# by disabling compression on the hypertable and re-enabling after constraint creation"). Migration 1 enables
+# it, so on TimescaleDB the key is swapped with compression off: policy removed, chunks decompressed,
+# compression disabled, key swapped, compression and policy back. The new key column entity_kind joins the
+# segment-by columns, so every key column is a segment-by or order-by column of the compressed chunks.
+_V3_TIMESCALEDB = f"""
+SELECT remove_compression_policy('oee_results', if_exists => TRUE);
+SELECT decompress_chunk(c, TRUE) FROM show_chunks('oee_results') AS c;
+ALTER TABLE oee_results SET (timescaledb.compress = false);
+{_V3_COMMON}
+ALTER TABLE oee_results SET (
+    timescaledb.compress,
+    timescaledb.compress_segmentby = 'entity, entity_kind',
+    timescaledb.compress_orderby = 'window_kind, window_start DESC'
+);
+SELECT add_compression_policy('oee_results', INTERVAL '{HISTORY_COMPRESS_AFTER}', if_not_exists => TRUE);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _V1_COMMON, _V1_TIMESCALEDB, _V1_POSTGRESQL),
     Migration(2, "roll-ups", "", _V2_TIMESCALEDB, _V2_POSTGRESQL),
-    Migration(3, "entity kind in the result key", _V3_COMMON),
+    Migration(3, "entity kind in the result key", "", _V3_TIMESCALEDB, _V3_COMMON),
     Migration(4, "operator reasons, audit log, API keys, API config", _V4_COMMON),
 )
 
