@@ -325,6 +325,9 @@ def test_counter_first_sample_is_a_baseline_for_rejects_as_for_totals() -> None:
     assert r.total == 1200 and r.reject == 2
     # once a series has a baseline, a late sample is late again
     assert eng.ingest([S("reject", T0 - 3 * 3600, 42)], now=now).late_dropped == 1
+    # with a timely sample of the new series in the same batch, that one is the baseline
+    rep = eng.ingest([S("input", T0 - 5 * 3600, 7), S("input", T0 + 1300, 9)], now=now)
+    assert rep.late_dropped == 1 and rep.accepted == 1
 
 
 def test_good_counter_reported_directly() -> None:

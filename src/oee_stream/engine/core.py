@@ -696,7 +696,7 @@ class Engine:
         lag[ok] = self.watermark[m[ok]] - t[ok]
         late = ok & (lag > self.policies.allowed_lateness_s)
         if late.any():
-            late &= ~self._baselines(late, mc, s, t, good)
+            late &= ~self._baselines(ok, late, mc, s, t, good)
         if self.origin is not None and (ok & (t < self.origin)).any():
             # Older than the engine's memory (an initial value with its original source time): it holds
             # from the origin on, like the anchors kept when old samples are pruned.
@@ -727,21 +727,23 @@ class Engine:
         self.stats.rejected += len(rep.rejected)
         return rep
 
-    def _baselines(self, late: B, m: I64, s: I8, t: F64, good: B) -> B:
+    def _baselines(self, ok: B, late: B, m: I64, s: I8, t: F64, good: B) -> B:
         """Late samples that are the first ever of their counter series: kept as the series' baseline.
 
         A counter's first sample only sets the value the next one is compared with; it counts nothing, so
         folding it in changes no window. Without it, a rarely changing counter -- typically rejects, whose
         value at connector start carries the source time of the last reject, hours ago -- would lose its
         first increment after a start-up, where totals (changing every cycle) lose nothing noticeable.
-        Only the newest such sample per series is kept."""
+        Only the newest such sample per series is kept, and none when the batch has a timely sample of
+        the series (that one is the baseline)."""
         k = _SIG_CTR[np.clip(s, 0, N_SIGNALS - 1)]
         cand = np.flatnonzero(late & (k >= 0) & (s >= 0) & good)
         out = np.zeros(len(late), np.bool_)
         if not len(cand):
             return out
         cm, ck = m[cand], k[cand]
-        new = ~self._ser_known[cm, ck]
+        timely = np.flatnonzero(ok & ~late & (k >= 0) & (s >= 0) & good)
+        new = ~self._ser_known[cm, ck] & ~np.isin(cm * N_CTR + ck, m[timely] * N_CTR + k[timely])
         cand, cm, ck = cand[new], cm[new], ck[new]
         if not len(cand):
             return out
