@@ -129,7 +129,9 @@ async def test_fed_cache_equals_the_database(db: str, plant: Plant, direct: http
         r = await c.get("/api/v1/machines")
         press = next(m for m in r.json() if m["id"] == "press-1")
         assert press["reason"] == "die change" and press["kpis"]["15m"]["total"] == 400
+        hits = cache.fast_path_hits
         await assert_same(c, direct, plant)
+        assert cache.fast_path_hits > hits  # …/oee?window= answered without routing, and equal
 
 
 async def _sleep(s: float) -> None:

@@ -149,6 +149,40 @@ def _document_common_responses(spec: dict[str, Any]) -> None:
                     content["schema"] = _ERROR_REF
 
 
+class LiveFastPath:
+    """`GET /api/v1/machines/{id}/oee?window=W` answered straight from the live cache (pure ASGI, after
+    the access check): the same bytes, status and headers the route would send, without FastAPI's routing
+    and parameter handling. Anything else — another parameter, `tz`, `week`, a stale cache, nothing stored
+    yet — goes to the route as usual."""
+
+    PREFIX = "/api/v1/machines/"
+
+    def __init__(self, app: Any, *, ctx: Ctx) -> None:
+        self.app = app
+        self.ctx = ctx
+        self.windows = {w for w in ctx.allowed_windows if w != "week"}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            qs: bytes = scope.get("query_string", b"")
+            if path.startswith(self.PREFIX) and path.endswith("/oee") and qs.startswith(b"window=") \
+                    and b"&" not in qs and b"%" not in qs and b"+" not in qs:
+                machine = path[len(self.PREFIX):-4]
+                window = qs[7:].decode("latin-1")
+                live = self.ctx.live() if window in self.windows and machine in self.ctx.members_machine else None
+                cached = live.result("machine", machine, window) if live is not None else None
+                if cached is not None and live is not None:
+                    live.fast_path_hits += 1
+                    body = cached.json()
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [(b"content-length", str(len(body)).encode()),
+                                            (b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> FastAPI:
     plant = settings.plant
     allowed = allowed_windows(plant)
@@ -380,6 +414,8 @@ def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> Fast
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # Inside the access check: the hot read of boards and MES skips routing when the cache can answer it.
+    app.add_middleware(LiveFastPath, ctx=ctx)
     app.add_middleware(
         AccessMiddleware,
         pool=lambda: app.state.pool,

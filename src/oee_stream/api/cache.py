@@ -93,6 +93,7 @@ class LiveCache:
     refreshes: int = 0
     refresh_failures: int = 0
     fed_rows: int = 0
+    fast_path_hits: int = 0  # requests answered by app.LiveFastPath
     _seq: int = 0
     _entities: list[tuple[str, str]] = field(default_factory=list)
     _tracked: set[tuple[str, str]] = field(default_factory=set)

@@ -49,6 +49,11 @@ class Ctx:
         return c if c is not None and c.fresh() else None
 
     @property
+    def members_machine(self) -> dict[str, Machine]:
+        """Machines by id."""
+        return self._machines
+
+    @property
     def machine_ids(self) -> list[str]:
         return [m.id for m in self.plant.machines]
 
