@@ -19,3 +19,9 @@ DB_BUFFERED_ROWS = Gauge("oee_db_buffered_rows", "Rows waiting for the database"
 RETENTION_DELETED = Counter("oee_retention_deleted_rows_total",
                             "Rows deleted by the retention job (plain PostgreSQL)", ["table"])
 RETENTION_LAST_RUN = Gauge("oee_retention_last_run_timestamp_seconds", "When the retention job last finished")
+API_CACHE_REFRESHED = Gauge("oee_api_cache_refreshed_timestamp_seconds",
+                            "When the API's live cache last refreshed from the database")
+API_CACHE_REFRESH_FAILURES = Counter("oee_api_cache_refresh_failures_total",
+                                     "Live-cache refreshes that failed (database unavailable)")
+API_CACHE_FED_ROWS = Counter("oee_api_cache_fed_rows_total",
+                             "Rows the writer handed to the API's live cache after committing them")

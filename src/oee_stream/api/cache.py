@@ -37,6 +37,7 @@ import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from oee_stream import metrics
 from oee_stream.config import Plant
 from oee_stream.storage import queries
 from oee_stream.storage.writer import json_safe
@@ -153,6 +154,7 @@ class LiveCache:
             self.apply_results(rows)
         elif kind == "intervals":
             self.apply_intervals(rows)
+        metrics.API_CACHE_FED_ROWS.inc(len(rows))
 
     def apply_results(self, rows: Iterable[Sequence[Any]]) -> None:
         """Rows (entity, entity_kind, window_kind, window_start, window_end, computed_at, payload) that
@@ -229,6 +231,7 @@ class LiveCache:
             self.version += 1
         self.refreshes += 1
         self.refreshed_at = time.monotonic()
+        metrics.API_CACHE_REFRESHED.set(time.time())
 
     async def run(self, pool: AsyncConnectionPool[Any], *, timeout_s: float = 5.0,
                   verifier: KeyVerifier | None = None) -> None:
@@ -250,6 +253,7 @@ class LiveCache:
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc
                 self.refresh_failures += 1
+                metrics.API_CACHE_REFRESH_FAILURES.inc()
                 if not failing:
                     log.warning("live_cache_refresh_failed", error=type(exc).__name__)
                 failing = True
