@@ -168,6 +168,14 @@ async def test_refreshed_cache_equals_the_database(db: str, plant: Plant, direct
         r = await c.get("/api/v1/machines")
         # Its last interval ended: no open state, so the state of the newest result (running), not the stop.
         assert next(m for m in r.json() if m["id"] == "press-1")["state"] == "running"
+        # Rows deleted in the database (retention, by hand) leave the cache at the next refresh.
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await conn.execute("DELETE FROM oee_results WHERE entity = 'furnace-1' AND window_kind = '15m'")
+            await conn.execute("DELETE FROM state_intervals WHERE machine_id = 'caster-1'")
+        async with app.state.pool.connection() as conn:
+            await cache.refresh(conn)
+        assert cache.result("machine", "furnace-1", "15m") is None and "caster-1" not in cache.intervals
+        await assert_same(c, direct, plant)
 
 
 async def test_stale_cache_is_not_used(db: str, plant: Plant) -> None:

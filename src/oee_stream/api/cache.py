@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from oee_stream.api.auth import KeyVerifier
 
 log = structlog.get_logger(__name__)
+_CHUNK = 250  # entries applied between two turns of the event loop
 
 
 @dataclass(slots=True)
@@ -191,42 +192,45 @@ class LiveCache:
     # ---------------------------------------------------------------------------------- refreshing
 
     async def refresh(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Bring the copy up to date with the database (entries fed while this ran are kept)."""
+        """Bring the copy up to date with the database. Applied entry by entry, a chunk at a time with the
+        event loop served in between (thousands of keys must not hold up requests): each entry is always
+        a row state the database had, and an entry fed while this ran (seq > seq0) is newer than this
+        snapshot and is kept."""
         seq0 = self._seq
         stamps = await queries.latest_result_stamps(conn, self._entities, self.window_kinds)
-        need = [(k, e, w, s) for (k, e, w), (s, en, c) in stamps.items()
-                if (cur := self.results.get((k, e, w))) is None or cur.stamp != (s, en, c)]
+        need: list[tuple[str, str, str, datetime]] = []
+        for i, ((k, e, w), stamp) in enumerate(stamps.items()):
+            cur = self.results.get((k, e, w))
+            if cur is None or cur.stamp != stamp:
+                need.append((k, e, w, stamp[0]))
+            if i % _CHUNK == _CHUNK - 1:
+                await asyncio.sleep(0)
         fetched = await queries.results_by_key(conn, need)
         latest_iv = await queries.latest_intervals(conn, self._machines)
-        # No await below: the merge is atomic with respect to the feed.
-        new: dict[queries.ResultKey, CachedResult] = {}
-        for entity, ekind, wk, ws, we, ca, payload in fetched:
-            new[(ekind, entity, wk)] = CachedResult(queries.StoredResult(entity, wk, ca, payload), ws, we,
-                                                    self._next())
-        changed = bool(new)
-        for key, (s, en, c) in stamps.items():
+        changed = False
+        for i, (entity, ekind, wk, ws, we, ca, payload) in enumerate(fetched):
+            key = (ekind, entity, wk)
             cur = self.results.get(key)
-            if cur is not None and (cur.seq > seq0 or (key not in new and cur.stamp == (s, en, c))):
-                new[key] = cur
-        for key, cur in self.results.items():
-            if key not in new and cur.seq > seq0:
-                new[key] = cur
-        changed = changed or len(new) != len(self.results)
-        self.results = new
-        ivs: dict[str, CachedInterval] = {}
-        for machine, start, end, tc, reason in latest_iv:
-            cur_i = self.intervals.get(machine)
-            if cur_i is not None and (cur_i.seq > seq0 or (cur_i.start, cur_i.end, cur_i.time_class, cur_i.reason)
-                                      == (start, end, tc, reason)):
-                ivs[machine] = cur_i
-            else:
-                ivs[machine] = CachedInterval(start, end, tc, reason, self._next())
+            if cur is None or cur.seq <= seq0:
+                self.results[key] = CachedResult(queries.StoredResult(entity, wk, ca, payload), ws, we, self._next())
                 changed = True
-        for machine, cur_i in self.intervals.items():
-            if machine not in ivs and cur_i.seq > seq0:
-                ivs[machine] = cur_i
-        changed = changed or len(ivs) != len(self.intervals)
-        self.intervals = ivs
+            if i % _CHUNK == _CHUNK - 1:
+                await asyncio.sleep(0)
+        # Gone from the database (retention, a deleted row): dropped unless fed meanwhile.
+        for key in [k for k, c in self.results.items() if k not in stamps and c.seq <= seq0]:
+            del self.results[key]
+            changed = True
+        seen: set[str] = set()
+        for machine, start, end, tc, reason in latest_iv:
+            seen.add(machine)
+            cur_i = self.intervals.get(machine)
+            if cur_i is None or (cur_i.seq <= seq0 and (cur_i.start, cur_i.end, cur_i.time_class, cur_i.reason)
+                                 != (start, end, tc, reason)):
+                self.intervals[machine] = CachedInterval(start, end, tc, reason, self._next())
+                changed = True
+        for machine in [m for m, c in self.intervals.items() if m not in seen and c.seq <= seq0]:
+            del self.intervals[machine]
+            changed = True
         if changed:
             self.version += 1
         self.refreshes += 1

@@ -411,7 +411,12 @@ async def latest_result_stamps(
         return {}
     cur = await conn.execute(_LATEST_KEYS, {"entities": [e for _, e in entities],
                                             "ekinds": [k for k, _ in entities], "wks": list(window_kinds)})
-    return {(k, e, w): (s, en, c) for e, k, w, s, en, c in await _fetch_in_chunks(cur)}
+    out: dict[ResultKey, ResultStamp] = {}
+    while rows := await cur.fetchmany(_CHUNK):
+        for e, k, w, s, en, c in rows:
+            out[(k, e, w)] = (s, en, c)
+        await asyncio.sleep(0)
+    return out
 
 
 async def results_by_key(
