@@ -73,8 +73,10 @@ class ApiSettings:
     anonymous_read: bool = False  # GET routes without credentials (the demo); never write or admin routes
     max_body_bytes: int = 64 * 1024  # request bodies above this get 413
     reason_tree: Mapping[str, Sequence[str]] | None = None  # category -> reasons; else from state tables
-    key_cache_ttl_s: float = 30.0  # a revoked key stops working within this time
-    stream_interval_s: float = 1.0  # how often /api/v1/stream polls the database
+    # Verified keys are remembered this long; a revocation is applied at once in this process and within a
+    # live-cache refresh in other API processes, so this bounds it only where neither applies.
+    key_cache_ttl_s: float = 30.0
+    stream_interval_s: float = 1.0  # how often /api/v1/stream looks for changes (in the live cache when fresh)
     stream_heartbeat_s: float = 15.0  # comment line sent when nothing changed for this long
     # Live cache (api/cache.py): refreshed from the database every cache_refresh_s (0 = no cache: every
     # live read queries the database); used only while its last refresh is at most cache_stale_after_s old.
