@@ -77,7 +77,8 @@ def split_key(plaintext: str) -> tuple[str, str] | None:
 def create_api_key(conninfo: str, name: str, role: str) -> str:
     """Create an API key and return its plaintext, which is shown only this once (store it safely).
 
-    For the CLI: `oee-stream api-key create NAME ROLE`. The database must be migrated."""
+    Used on the server to create the first admin key (docs/api.md, quick start); later keys can be made with
+    `POST /api/v1/admin/keys`. The database must be migrated."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; allowed: {list(ROLES)}")
     if not name.strip():
