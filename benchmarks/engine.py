@@ -204,7 +204,6 @@ def fresh_engine(proto: Engine) -> Engine:
     e._timeline = None
     e._win_cache = {}
     e.origin = None
-    e._ser_known = np.zeros_like(proto._ser_known)
     e._reset_derived()
     return e
 

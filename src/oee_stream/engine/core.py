@@ -471,11 +471,19 @@ def _sort_mst(m: I64, s: I8, t: F64, v: F64, q: I8, span: float, origin: float) 
 
     Batches from the bus are in time order per series, so a stable radix sort on the small integer key
     (machine, signal) is enough; only when time then still decreases inside a series is a full sort done.
+    The key numbers only the signals present in the batch (usually 2-3), so that up to 65 536 series it
+    fits 16 bits and NumPy sorts it in one radix pass; machine and signal are decoded from the sorted key
+    instead of being gathered, and a batch of one quality gathers no quality column.
     """
-    if len(t) == 0:
+    n = len(t)
+    if n == 0:
         return m, s, t, v, q
-    g = m * N_SIGNALS + s.astype(np.int64)
-    if len(t) > 1 and not (np.all(g[1:] >= g[:-1])):
+    present = np.bincount(s.view(np.uint8), minlength=N_SIGNALS)[:N_SIGNALS] > 0
+    n_sig = int(present.sum())
+    lut = (np.cumsum(present) - 1).astype(np.int64)
+    sig_of = np.flatnonzero(present).astype(np.int8)
+    g = m * n_sig + lut[s] if n_sig > 1 else m
+    if n > 1 and not bool((g[1:] >= g[:-1]).all()):
         gmax = int(g.max())
         if gmax < 1 << 16:
             order = np.argsort(g.astype(np.uint16), kind="stable")  # one radix pass
@@ -485,8 +493,17 @@ def _sort_mst(m: I64, s: I8, t: F64, v: F64, q: I8, span: float, origin: float) 
             order = o1[np.argsort((g[o1] >> 16).astype(np.uint16), kind="stable")]
         else:
             order = np.argsort(g, kind="stable")
-        m, s, t, v, q, g = m[order], s[order], t[order], v[order], q[order], g[order]
-    if len(t) > 1:
+        g = g[order]
+        t, v = t[order], v[order]
+        q0 = q[0]
+        q = np.full(n, q0, np.int8) if bool((q == q0).all()) else q[order]
+        if n_sig > 1:
+            m = g // n_sig
+            s = sig_of[g - m * n_sig]
+        else:
+            m = g
+            s = np.full(n, sig_of[0], np.int8)
+    if n > 1:
         same = g[1:] == g[:-1]
         if (same & (t[1:] < t[:-1])).any():
             key = g.astype(np.float64) * span + (t - origin)
@@ -522,7 +539,8 @@ class Engine:
         self.offline_since = np.full(self.cp.n, np.nan)
         self._sessions: dict[str, str] = {}
         self.stats = EngineStats()
-        self._ser_known = np.zeros((self.cp.n, N_CTR), np.bool_)  # counter series with a sample accepted
+        mods = self.cp.counter_modulus[self.cp.counter_modulus > 0]
+        self._min_modulus = float(mods.min()) if len(mods) else math.inf
         self._pending: list[Cols] = []
         self._multi_product = np.array([len(p) > 1 for p in self.cp.product_names], np.bool_)
         self._any_multi = bool(self._multi_product.any())
@@ -658,55 +676,89 @@ class Engine:
             report.rejected = sorted(rejected.items())
         return report
 
+    def _all_valid(self, m: I64, s: I8, t: F64, v: F64, q: I8, now: float) -> bool:
+        """A sufficient test that every row of a batch is valid, from a few reductions instead of per-row
+        masks: machines and signals in range, times finite and not in the future, all of good quality,
+        values finite, non-negative and below every counter's modulus, state codes whole numbers. When it
+        fails, `ingest_arrays` works out per row which rows are refused."""
+        if not len(t):
+            return True
+        if int(m.min()) < 0 or int(m.max()) >= self.cp.n or int(s.min()) < 0 or int(s.max()) >= N_SIGNALS:
+            return False
+        if int(q.min()) != GOOD or int(q.max()) != GOOD:
+            return False
+        t_lo, t_hi, v_lo, v_hi = float(t.min()), float(t.max()), float(v.min()), float(v.max())  # NaN propagates
+        if not (math.isfinite(t_lo) and math.isfinite(t_hi) and math.isfinite(v_lo) and math.isfinite(v_hi)):
+            return False
+        if t_hi > now + self.policies.max_clock_skew_s or v_lo < 0 or v_hi >= self._min_modulus:
+            return False
+        sv = v[s == STATE]
+        return bool((sv == np.floor(sv)).all())
+
     def ingest_arrays(self, m: I64, s: I8, t: F64, v: F64, q: I8, *, now: float) -> IngestReport:
         """Validate and queue a columnar batch (derived at the next evaluation). Product values are indices."""
         n = len(t)
         ncp = self.cp.n
-        mc = np.clip(m, 0, ncp - 1)
-        good = q == GOOD
-        counter = _IS_COUNTER[np.clip(s, 0, N_SIGNALS - 1)] & (s >= 0)
-        modulus = self.cp.counter_modulus[mc]
-        # Fast path: one combined test; the reason codes are worked out only for the refused rows.
-        with np.errstate(invalid="ignore"):
-            bad_v = good & ~np.isfinite(v)
-            ok = ((m >= 0) & (m < ncp) & (s >= 0) & (t <= now + self.policies.max_clock_skew_s)
-                  & np.isfinite(t) & ~bad_v)
-            gc = counter & good
-            ok &= ~(gc & ((v < 0) | ((modulus > 0) & (v >= modulus))))
-            ok &= ~((s == STATE) & good & (v != np.round(v)))
-        reason = np.zeros(n, np.int8)
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            r = np.zeros(len(bad), np.int8)
-            bm, bs, bt, bv = m[bad], s[bad], t[bad], v[bad]
-            bg, bc, bmod = good[bad], counter[bad], modulus[bad]
+        all_ok = self._all_valid(m, s, t, v, q, now)
+        if all_ok:
+            ok = np.ones(n, np.bool_)
+            mc = m
+            reason = np.zeros(0, np.int8)
+        else:
+            mc = np.clip(m, 0, ncp - 1)
+            good = q == GOOD
+            counter = _IS_COUNTER[np.clip(s, 0, N_SIGNALS - 1)] & (s >= 0)
+            modulus = self.cp.counter_modulus[mc]
+            # One combined test; the reason codes are worked out only for the refused rows.
             with np.errstate(invalid="ignore"):
-                conds = [((bm < 0) | (bm >= ncp), 1), (bs < 0, 2), (bt > now + self.policies.max_clock_skew_s, 3),
-                         (~np.isfinite(bt) | (bg & ~np.isfinite(bv)), 4), (bc & bg & (bv < 0), 5),
-                         ((bs == STATE) & bg & (bv != np.round(bv)), 6), (bc & bg & (bmod > 0) & (bv >= bmod), 8)]
-            for cond, code in conds:
-                r[(r == 0) & cond] = code
-            reason[bad] = r
+                bad_v = good & ~np.isfinite(v)
+                ok = ((m >= 0) & (m < ncp) & (s >= 0) & (t <= now + self.policies.max_clock_skew_s)
+                      & np.isfinite(t) & ~bad_v)
+                gc = counter & good
+                ok &= ~(gc & ((v < 0) | ((modulus > 0) & (v >= modulus))))
+                ok &= ~((s == STATE) & good & (v != np.round(v)))
+            reason = np.zeros(n, np.int8)
+            if not ok.all():
+                bad = np.flatnonzero(~ok)
+                r = np.zeros(len(bad), np.int8)
+                bm, bs, bt, bv = m[bad], s[bad], t[bad], v[bad]
+                bg, bc, bmod = good[bad], counter[bad], modulus[bad]
+                with np.errstate(invalid="ignore"):
+                    conds = [((bm < 0) | (bm >= ncp), 1), (bs < 0, 2),
+                             (bt > now + self.policies.max_clock_skew_s, 3),
+                             (~np.isfinite(bt) | (bg & ~np.isfinite(bv)), 4), (bc & bg & (bv < 0), 5),
+                             ((bs == STATE) & bg & (bv != np.round(bv)), 6),
+                             (bc & bg & (bmod > 0) & (bv >= bmod), 8)]
+                for cond, code in conds:
+                    r[(r == 0) & cond] = code
+                reason[bad] = r
+            all_ok = bool(ok.all())
         if self.origin is None and ok.any():
-            self.origin = math.floor(float(t[ok].min()) / 3600.0) * 3600.0 - self.retention_s
+            t_ok = t if all_ok else t[ok]
+            self.origin = math.floor(float(t_ok.min()) / 3600.0) * 3600.0 - self.retention_s
         # Late: older than the machine's newest sample by more than allowed_lateness_s, or older than the
         # engine's memory. Lateness is measured against what was seen before this batch: a batch (a spool
         # being replayed, a recorded log) is in time order within itself.
-        lag = np.zeros(n)
-        lag[ok] = self.watermark[m[ok]] - t[ok]
-        late = ok & (lag > self.policies.allowed_lateness_s)
-        if late.any():
-            late &= ~self._baselines(ok, late, mc, s, t, good)
-        if self.origin is not None and (ok & (t < self.origin)).any():
+        if all_ok:
+            lag = self.watermark[m] - t
+            late = lag > self.policies.allowed_lateness_s
+        else:
+            lag = np.zeros(n)
+            lag[ok] = self.watermark[m[ok]] - t[ok]
+            late = ok & (lag > self.policies.allowed_lateness_s)
+        any_late = bool(late.any())
+        if any_late:
+            late &= ~self._baselines(ok, late, mc, s, t, q == GOOD)
+            any_late = bool(late.any())
+        if self.origin is not None and n and (ok & (t < self.origin)).any():
             # Older than the engine's memory (an initial value with its original source time): it holds
             # from the origin on, like the anchors kept when old samples are pruned.
             t = np.where(ok & (t < self.origin), self.origin, t)
-        keep = ok & ~late
-        if keep.any():
-            cs = _SIG_CTR[np.clip(s[keep], 0, N_SIGNALS - 1)]
-            ck = (cs >= 0) & (s[keep] >= 0)
-            self._ser_known[mc[keep][ck], cs[ck]] = True
-        n_keep = int(keep.sum())
+        if all_ok and not any_late:
+            n_keep = n
+        else:
+            keep = ok & ~late
+            n_keep = int(keep.sum())
         if n_keep:
             if n_keep == n:
                 km, ks, kt, kv, kq = m, s, t, v, q
@@ -715,8 +767,8 @@ class Engine:
             self._raise_watermark(km, kt)
             self._pending.append((km.astype(np.int64, copy=False), ks, kt, kv, kq))
             self._timeline = None
-        rep = IngestReport(accepted=n_keep, late_dropped=int(late.sum()))
-        if not ok.all():
+        rep = IngestReport(accepted=n_keep, late_dropped=int(late.sum()) if any_late else 0)
+        if not all_ok:
             bad_idx = np.flatnonzero(~ok)
             rep.rejected = [(int(i), REJECT_REASONS[reason[i]]) for i in bad_idx]
         if rep.late_dropped:
@@ -743,7 +795,7 @@ class Engine:
             return out
         cm, ck = m[cand], k[cand]
         timely = np.flatnonzero(ok & ~late & (k >= 0) & (s >= 0) & good)
-        new = ~self._ser_known[cm, ck] & ~np.isin(cm * N_CTR + ck, m[timely] * N_CTR + k[timely])
+        new = ~self._series_known(cm, s[cand]) & ~np.isin(cm * N_CTR + ck, m[timely] * N_CTR + k[timely])
         cand, cm, ck = cand[new], cm[new], ck[new]
         if not len(cand):
             return out
@@ -753,6 +805,17 @@ class Engine:
         last[:-1] = (cm[1:] != cm[:-1]) | (ck[1:] != ck[:-1])
         out[cand[last]] = True
         return out
+
+    def _series_known(self, m: I64, s: I8) -> B:
+        """Series (machine, signal) with a sample accepted before: derived (the log keeps every series'
+        last sample, even across a prune) or queued."""
+        si = s.astype(np.int64)
+        known: B = self._seen[m, si].copy()
+        if self._pending and not known.all():
+            key = m * N_SIGNALS + si
+            for pm, ps, *_ in self._pending:
+                known |= np.isin(key, pm * N_SIGNALS + ps.astype(np.int64))
+        return known
 
     def _raise_watermark(self, m: I64, t: F64) -> None:
         if len(t) > 1024 and not (t[1:] < t[:-1]).any():
@@ -853,10 +916,16 @@ class Engine:
         assert self.origin is not None
         m, s, t, v, q = _sort_mst(m, s, t, v, q, self._span, self.origin)
         dup = _dup_mask(m, s, t, v, q)
-        # ... and against the newest derived sample of the same series
+        # ... and against the newest derived sample of the same series. Only a series' leading rows can
+        # be at its last derived time (the rows are newer than the machine's frontier, sorted per series):
+        # the full test runs only when the first row of some series in the batch is at that time.
         si = s.astype(np.int64)
-        lt, lv, lq = self._last_t[m, si], self._last_v[m, si], self._last_q[m, si]
-        dup |= (t == lt) & ((v == lv) | (np.isnan(v) & np.isnan(lv))) & (q == lq)
+        sfirst = np.ones(len(t), np.bool_)
+        sfirst[1:] = (m[1:] != m[:-1]) | (s[1:] != s[:-1])
+        fi = np.flatnonzero(sfirst)
+        if (t[fi] == self._last_t.ravel()[m[fi] * N_SIGNALS + si[fi]]).any():
+            lt, lv, lq = self._last_t[m, si], self._last_v[m, si], self._last_q[m, si]
+            dup |= (t == lt) & ((v == lv) | (np.isnan(v) & np.isnan(lv))) & (q == lq)
         if dup.any():
             self.stats.duplicates += int(dup.sum())
             keep = ~dup
@@ -1020,10 +1089,11 @@ class Engine:
         g = m * N_SIGNALS + si
         last_g = np.ones(len(g), np.bool_)
         last_g[:-1] = g[1:] != g[:-1]
-        lm_, ls_ = m[last_g], si[last_g]
-        self._last_t[lm_, ls_], self._last_v[lm_, ls_], self._last_q[lm_, ls_] = t[last_g], v[last_g], q[last_g]
-        self._seen[lm_, ls_] = True
-        np.maximum.at(self.frontier, lm_, t[last_g])
+        li = np.flatnonzero(last_g)
+        lm_, lg_, lt_ = m[li], g[li], t[li]
+        self._last_t.ravel()[lg_], self._last_v.ravel()[lg_], self._last_q.ravel()[lg_] = lt_, v[li], q[li]
+        self._seen.ravel()[lg_] = True
+        np.maximum.at(self.frontier, lm_, lt_)
 
         # --- counters: increments per series, with rollover and reset
         k = _SIG_CTR[si]
@@ -1140,7 +1210,13 @@ class Engine:
         # rows' class (micro or unplanned) is only known once it ends.
         if self.policies.stale_after_s is not None:
             self._tail_dirty[lm_] = True  # a newer sample moves the stale moment
-        touched = np.unique(np.concatenate(xm)) if len(xm) > 1 or len(sm) else np.zeros(0, np.int64)
+        if len(xm) > 1 or len(sm):
+            mark = np.zeros(n_m, np.bool_)
+            for part in xm:
+                mark[part] = True
+            touched = np.flatnonzero(mark)
+        else:
+            touched = np.zeros(0, np.int64)
         if len(touched) == 0:
             return
         self._tail_dirty[touched] = True  # only machines with new state rows have a new open end
