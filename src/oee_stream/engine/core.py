@@ -208,6 +208,17 @@ def _put_rows(a: npt.NDArray[Any], idx: I64, vals: npt.NDArray[Any]) -> None:
         _rows(a)[idx] = _rows(np.ascontiguousarray(np.broadcast_to(vals, (len(idx), a.shape[1])), dtype=a.dtype))
 
 
+def _any_rows(b: B) -> B:
+    """b.any(axis=1) for a 2-D boolean array; rows of 4 or 8 are read as one integer each (NumPy's
+    reduction along a short axis is slow)."""
+    w = b.shape[1]
+    if w in (4, 8) and b.flags.c_contiguous:
+        out: B = b.view(np.uint32 if w == 4 else np.uint64).reshape(b.shape[0]) != 0
+        return out
+    anyr: B = b.any(axis=1)
+    return anyr
+
+
 def _ranges(starts: I64, counts: I64) -> I64:
     """Concatenated aranges [starts[i], starts[i] + counts[i]) without a Python loop."""
     counts = counts.astype(np.int64)
@@ -1491,7 +1502,7 @@ class Engine:
                 "run_p": run_p, "tail_stops": stop_t, "cur_cls": cur_cls.astype(np.int64),
                 "cur_reason": cur_reason.astype(np.int64), "cur_since": cur_since,
                 # an open stop still shorter than its threshold turns unplanned as now moves on
-                "u_any": (micro & present).any(axis=1)}
+                "u_any": _any_rows(micro & present)}
 
     def _tail(self, now: float) -> Timeline:
         """The open end of every machine at now. Only machines whose end can have changed since the last
@@ -1526,10 +1537,15 @@ class Engine:
         else:
             tl0, u_any0, present0 = prev
             # unchanged machines: only the columns that sit at `now` move
-            tt = np.where(present0, tl0.tt[:, :N_TAIL], now)
-            tt = np.concatenate([tt, np.full((n_m, 1), now)], axis=1)
+            # (column 0, the last stored row, is always present)
+            absent = ~present0[:, 1:]
+            tt = tl0.tt.copy()
+            np.copyto(tt[:, 1:N_TAIL], now, where=absent)
+            tt[:, N_TAIL] = now
             p_now = self._cal_at(machines, now, CAL_PRODUCTION)
-            tp = np.where(np.concatenate([present0, np.zeros((n_m, 1), np.bool_)], axis=1), tl0.tp, p_now[:, None])
+            tp = tl0.tp.copy()
+            np.copyto(tp[:, 1:N_TAIL], p_now[:, None], where=absent)
+            tp[:, N_TAIL] = p_now
             tc, tr = tl0.tc.copy(), tl0.tr.copy()
             present, fix, run_t, run_p = present0.copy(), tl0.fix.copy(), tl0.run_t.copy(), tl0.run_p.copy()
             stop_t = tl0.tail_stops.copy()
@@ -1553,9 +1569,9 @@ class Engine:
             ci = changed_idx
             tail_changed[ci] = (
                 (sa.len[ci] != self._prev_len[ci])
-                | (np.where(_take_rows(present, ci), _take_rows(tt, ci)[:, :N_TAIL], np.inf)
-                   != np.where(_take_rows(present0, ci), _take_rows(tl0.tt, ci)[:, :N_TAIL], np.inf)).any(axis=1)
-                | (_take_rows(tc, ci) != _take_rows(tl0.tc, ci)).any(axis=1) | (fix[ci] != tl0.fix[ci])
+                | _any_rows(np.where(_take_rows(present, ci), _take_rows(tt, ci)[:, :N_TAIL], np.inf)
+                            != np.where(_take_rows(present0, ci), _take_rows(tl0.tt, ci)[:, :N_TAIL], np.inf))
+                | _any_rows(_take_rows(tc, ci) != _take_rows(tl0.tc, ci)) | (fix[ci] != tl0.fix[ci])
                 | (np.where(fix[ci], run_t[ci], 0.0) != np.where(tl0.fix[ci], tl0.run_t[ci], 0.0)))
         self._prev_len = sa.len.copy()
         self._tail_id += 1
@@ -1567,7 +1583,7 @@ class Engine:
         tl = Timeline(
             now=now, origin=self.origin, tt=tt, tc=tc, tr=tr, tp=tp, last_pos=lpos, fix=fix, run_t=run_t,
             run_p=run_p, fix_p_end=tp[:, 0], tail_stops=stop_t,
-            has_tail_stop=np.asarray(np.isfinite(stop_t).any(axis=1)), tail_id=self._tail_id,
+            has_tail_stop=_any_rows(np.isfinite(stop_t)), tail_id=self._tail_id,
             tail_changed=tail_changed, ttT=np.ascontiguousarray(tt.T), tpT=np.ascontiguousarray(tp.T),
             tcT=np.ascontiguousarray(tc.T.astype(np.int64)), cur_cls=cur_cls, cur_reason=cur_reason,
             cur_since=cur_since, cur_product=self._cur_p.copy(), resets=self._resets.copy(),
