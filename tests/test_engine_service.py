@@ -31,6 +31,9 @@ class FakeWriter:
     async def write_state_intervals(self, intervals: Any) -> None:
         self.intervals.append(list(intervals))
 
+    async def operator_reasons(self, since: float) -> list[tuple[str, float, float | None, str]]:
+        return []  # no operator has coded anything (tests/test_operator_reasons.py covers the real store)
+
 
 def _service(clock: list[float]) -> tuple[EngineService, FakeWriter]:
     w = FakeWriter()

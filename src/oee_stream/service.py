@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import structlog
+from psycopg_pool import PoolTimeout
 
 from oee_stream import bus, metrics
 from oee_stream.config import Plant
@@ -33,6 +35,7 @@ ENGINE_SIGNALS = (*bus.KPI_SIGNALS, "good")
 
 # Windows published on the bus for wallboards; every window goes to the database.
 PUBLISHED_WINDOWS = ("15m", "1h", "shift")
+REASONS_POLL_S = 5.0
 
 
 @dataclass
@@ -183,6 +186,8 @@ class EngineService:
         self._bus: bus.BusClient | None = None
         self._dups_seen = 0  # engine duplicates already counted in the Prometheus counter
         self.changes = ChangeFilter()
+        self._reasons_next_poll = 0.0
+        self._reasons_seen: list[tuple[str, float, float | None, str]] | None = None
 
     async def run(self) -> None:
         subs = [f"{bus.PREFIX}/{self.site}/+/+"]
@@ -246,8 +251,29 @@ class EngineService:
         if self.writer is not None:
             await self.writer.write_dead_letter(reason=reason, topic=topic, payload=payload[:4096])
 
+    async def refresh_operator_reasons(self, now: float) -> None:
+        """Hand the engine the reasons operators gave downtime events (stored by the API), so the stop
+        seconds of those events count under the operator's reason in `downtime_by_reason_s`. Polled every
+        REASONS_POLL_S: edits are rare and a few seconds' delay is invisible on a board; a database outage
+        keeps the last known reasons."""
+        if self.writer is None or now < self._reasons_next_poll:
+            return
+        self._reasons_next_poll = now + REASONS_POLL_S
+        try:
+            rows = await self.writer.operator_reasons(now - self.engine.retention_s)
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
+            log.warning("operator_reasons_unavailable", error=str(exc))
+            return
+        if rows == self._reasons_seen and all(r[2] is not None for r in rows):
+            return
+        self._reasons_seen = rows
+        # An event still open is coded up to now; the next poll extends it (its end is stored when it ends).
+        self.engine.set_reason_overrides([r[0] for r in rows], [r[1] for r in rows],
+                                         [now if r[2] is None else r[2] for r in rows], [r[3] for r in rows])
+
     async def tick(self) -> list[KpiResult]:
         now = self.clock()
+        await self.refresh_operator_reasons(now)
         with metrics.TICK_SECONDS.time():
             results = self.engine.results(now)
         self.stats.ticks += 1

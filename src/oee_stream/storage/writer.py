@@ -378,6 +378,19 @@ class StorageWriter:
         await self._put("dead_letters", [(dl_id, when, reason, topic, raw)])
         return dl_id
 
+    # ----------------------------------------------------------------------------------- reading
+
+    async def operator_reasons(self, since: float, timeout_s: float = 2.0) -> list[tuple[str, float, float | None, str]]:
+        """Downtime events an operator gave a reason, ending after `since`: (machine, start, end or None
+        while still open, reason), for the engine to book their stop seconds under those reasons."""
+        async with self.pool.connection(timeout=timeout_s) as conn:
+            cur = await conn.execute(
+                "SELECT machine_id, extract(epoch FROM start_time)::float8, extract(epoch FROM end_time)::float8,"
+                " reason FROM state_intervals WHERE reason_source = 'operator' AND reason IS NOT NULL"
+                " AND (end_time IS NULL OR end_time > %s) ORDER BY machine_id, start_time",
+                (_ts(since),))
+            return [(str(m), float(a), None if b is None else float(b), str(r)) for m, a, b, r in await cur.fetchall()]
+
     async def _put(self, kind: Kind, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
