@@ -380,7 +380,7 @@ class StorageWriter:
 
     # ----------------------------------------------------------------------------------- reading
 
-    async def operator_reasons(self, since: float, timeout_s: float = 2.0) -> list[tuple[str, float, float | None, str]]:
+    async def operator_reasons(self, since: float, timeout_s: float = 1.0) -> list[tuple[str, float, float | None, str]]:
         """Downtime events an operator gave a reason, ending after `since`: (machine, start, end or None
         while still open, reason), for the engine to book their stop seconds under those reasons."""
         async with self.pool.connection(timeout=timeout_s) as conn:
