@@ -215,7 +215,7 @@ def _any_rows(b: B) -> B:
     if w in (4, 8) and b.flags.c_contiguous:
         out: B = b.view(np.uint32 if w == 4 else np.uint64).reshape(b.shape[0]) != 0
         return out
-    anyr: B = b.any(axis=1)
+    anyr: B = np.asarray(b.any(axis=1))
     return anyr
 
 
