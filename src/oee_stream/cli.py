@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -32,7 +32,7 @@ def _settings(plant: Path | None = None, connectors: Path | None = None, **extra
     return s
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(2)
 
@@ -161,6 +161,49 @@ def replay(
         sys.stdout.write("\n")
     else:
         typer.echo(format_table(results))
+
+
+key_app = typer.Typer(help="API keys (the first admin key; later ones also through /api/v1/admin/keys).",
+                      no_args_is_help=True)
+app.add_typer(key_app, name="api-key")
+DbOpt = Annotated[str, typer.Option("--database-url", envvar="OEE_DATABASE_URL",
+                                    help="the service's database (OEE_DATABASE_URL)")]
+
+
+@key_app.command("create")
+def api_key_create(
+    name: Annotated[str, typer.Option(help="who or what uses the key, e.g. 'MES' or 'it admin'")],
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")],
+    database_url: DbOpt,
+) -> None:
+    """Create an API key and print it once (only its salted hash is stored)."""
+    from oee_stream.api.auth import create_api_key
+    from oee_stream.logs import configure
+
+    configure()  # logs to stderr: stdout carries only the key, for scripts
+
+    try:
+        plaintext = create_api_key(database_url, name, role)
+    except ValueError as exc:
+        _fail(exc)
+    typer.echo(plaintext)
+    typer.echo(f"created {role} key {name!r}: shown only this once, store it in your secret store", err=True)
+
+
+@key_app.command("revoke")
+def api_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id: the part between `oee_` and the next `_`")],
+    database_url: DbOpt,
+) -> None:
+    """Revoke an API key; every API process refuses it within a second."""
+    from oee_stream.api.auth import revoke_api_key
+    from oee_stream.logs import configure
+
+    configure()
+
+    if not revoke_api_key(database_url, key_id):
+        _fail(ValueError(f"no live API key with id {key_id!r} (already revoked, or a typo)"))
+    typer.echo(f"revoked key {key_id}")
 
 
 opcua_app = typer.Typer(help="OPC UA tools.")
