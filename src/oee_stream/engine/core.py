@@ -226,7 +226,9 @@ def _ranges(starts: I64, counts: I64) -> I64:
     if total == 0:
         return np.zeros(0, np.int64)
     offs = np.cumsum(counts) - counts
-    return (np.repeat(starts.astype(np.int64) - offs, counts) + np.arange(total, dtype=np.int64)).astype(np.int64)
+    out: I64 = np.repeat(starts.astype(np.int64) - offs, counts)
+    out += np.arange(total, dtype=np.int64)
+    return out
 
 
 def _group_starts(g: I64) -> tuple[I64, I64, I64]:
@@ -311,11 +313,13 @@ class _Arena:
             out[: self.size] = arr[: self.size]
             self.cols[name] = out
 
-    def _rekey(self, seg: I64, cap: I64, n_live: I64, start: I64) -> None:
-        live = _ranges(start, n_live)
-        self.key[live] = np.repeat(self.rank[seg] * self.span, n_live) + (self.t[live] - self.origin)
-        pad = _ranges(start + n_live, cap - n_live)
-        self.key[pad] = np.repeat(self.rank[seg] * self.span, cap - n_live) + self.pad
+    def _rekey(self, seg: I64, cap: I64, start0: int, live: I64) -> None:
+        """Keys of segments `seg` laid out one after the other from `start0` with room `cap`; `live`: the
+        positions of their rows. The whole run gets pad keys by one contiguous write, then the live rows
+        their time keys."""
+        base = np.repeat(self.rank[seg] * self.span, cap)
+        self.key[start0:start0 + len(base)] = base + self.pad
+        self.key[live] = base[live - start0] + (self.t[live] - self.origin)
 
     def compact(self, extra: I64 | None = None, drop: I64 | None = None, origin: float | None = None) -> None:
         """Lay every segment out again in segment order with room for `extra` more rows; `drop` rows are
@@ -346,7 +350,7 @@ class _Arena:
         self.start, self.cap, self.size = start, cap, size
         self.rank = np.arange(self.n, dtype=np.int64)
         self.next_rank = self.n
-        self._rekey(np.arange(self.n, dtype=np.int64), cap, self.len, start)
+        self._rekey(np.arange(self.n, dtype=np.int64), cap, 0, dst)
 
     def reserve(self, seg: I64, extra: I64) -> None:
         """Room for `extra` more rows in each (unique) segment of `seg`."""
@@ -380,7 +384,7 @@ class _Arena:
         self.start[g] = new_start
         self.cap[g] = newcap
         self.size += total_new
-        self._rekey(g, newcap, n_live, new_start)
+        self._rekey(g, newcap, int(new_start[0]), dst)
 
     def truncate(self, seg: I64, new_len: I64) -> None:
         drop = self.len[seg] - new_len
