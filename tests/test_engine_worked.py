@@ -364,3 +364,27 @@ def test_operator_reasons_replace_the_reason_of_stop_time_only() -> None:
     [r] = eng.range_results(end, ["m1"], [T0], [end])
     assert r.downtime_by_reason_s == {"die change": pytest.approx(30 * MIN), "fault": pytest.approx(17 * MIN)}
     assert r.seconds["running"] == pytest.approx(373 * MIN)
+
+
+def test_late_first_state_sample_is_the_initial_state_from_when_it_is_accepted() -> None:
+    # Start-up: counters flow; the state signal's value at connector start carries the source time of the
+    # last state change, hours ago (beyond allowed_lateness_s). It is the machine's current state: kept,
+    # and in force from the machine's newest sample time when it is accepted; the time before stays unknown.
+    eng = Engine(plant(policies={"allowed_lateness_s": 300}))
+    eng.ingest([S("total", T0, 1000), S("total", T0 + 600, 1600)], now=T0 + 601)
+    rep = eng.ingest([S("state", T0 - 5 * 3600, 0), S("state", T0 - 4 * 3600, 1)], now=T0 + 601)
+    assert rep.late_dropped == 1 and rep.accepted == 1 and rep.rejected == []  # the newest one is kept
+    now = T0 + 1200
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.seconds["running"] == pytest.approx(600) and r.seconds["unknown"] == pytest.approx(600)
+    assert r.total == 600
+    # once the machine has a state, a late state sample is late again
+    rep = eng.ingest([S("state", T0 - 3600, 0)], now=now)
+    assert rep.late_dropped == 1 and rep.accepted == 0
+    # with a timely state sample in the same batch, that one sets the state and the late one is dropped
+    eng2 = Engine(plant(policies={"allowed_lateness_s": 300}))
+    eng2.ingest([S("total", T0, 1000), S("total", T0 + 600, 1600)], now=T0 + 601)
+    rep = eng2.ingest([S("state", T0 - 5 * 3600, 0), S("state", T0 + 400, 1)], now=T0 + 601)
+    assert rep.late_dropped == 1 and rep.accepted == 1
+    [r2] = eng2.range_results(now, ["m1"], [T0], [now])
+    assert r2.seconds["running"] == pytest.approx(800) and r2.seconds["unknown"] == pytest.approx(400)

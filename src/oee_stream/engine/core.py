@@ -797,8 +797,14 @@ class Engine:
             late = ok & (lag > self.policies.allowed_lateness_s)
         any_late = bool(late.any())
         if any_late:
-            late &= ~self._baselines(ok, late, mc, s, t, q == GOOD)
+            base = self._baselines(ok, late, mc, s, t, q == GOOD)
+            late &= ~base
             any_late = bool(late.any())
+            first_state = base & ((s == STATE) | (s == RUN))
+            if first_state.any():
+                # A machine's initial state reported late holds from when it is accepted: the machine's
+                # newest sample time seen before this batch (the time lateness is measured against).
+                t = np.where(first_state, self.watermark[mc], t)
         if self.origin is not None and n and (ok & (t < self.origin)).any():
             # Older than the engine's memory (an initial value with its original source time): it holds
             # from the origin on, like the anchors kept when old samples are pruned.
@@ -829,29 +835,35 @@ class Engine:
         return rep
 
     def _baselines(self, ok: B, late: B, m: I64, s: I8, t: F64, good: B) -> B:
-        """Late samples that are the first ever of their counter series: kept as the series' baseline.
+        """Late samples that are the first ever of their series: a counter's baseline, a machine's initial
+        state (state code or run bit).
 
         A counter's first sample only sets the value the next one is compared with; it counts nothing, so
         folding it in changes no window. Without it, a rarely changing counter -- typically rejects, whose
         value at connector start carries the source time of the last reject, hours ago -- would lose its
         first increment after a start-up, where totals (changing every cycle) lose nothing noticeable.
+        Likewise a state signal's value at connector start carries the time of the last state change: it is
+        the machine's current state, taken from when it is accepted (see `ingest_arrays`) instead of
+        leaving the machine without a state until its next change.
         Only the newest such sample per series is kept, and none when the batch has a timely sample of
         the series (that one is the baseline)."""
-        k = _SIG_CTR[np.clip(s, 0, N_SIGNALS - 1)]
-        cand = np.flatnonzero(late & (k >= 0) & (s >= 0) & good)
+        sc = np.clip(s, 0, N_SIGNALS - 1)
+        first_kind = (_IS_COUNTER[sc] | (sc == STATE) | (sc == RUN)) & (s >= 0) & good
+        cand = np.flatnonzero(late & first_kind)
         out = np.zeros(len(late), np.bool_)
         if not len(cand):
             return out
-        cm, ck = m[cand], k[cand]
-        timely = np.flatnonzero(ok & ~late & (k >= 0) & (s >= 0) & good)
-        new = ~self._series_known(cm, s[cand]) & ~np.isin(cm * N_CTR + ck, m[timely] * N_CTR + k[timely])
-        cand, cm, ck = cand[new], cm[new], ck[new]
+        cm, cs = m[cand], s[cand].astype(np.int64)
+        timely = np.flatnonzero(ok & ~late & first_kind)
+        new = ~self._series_known(cm, s[cand]) & ~np.isin(cm * N_SIGNALS + cs,
+                                                           m[timely] * N_SIGNALS + s[timely].astype(np.int64))
+        cand, cm, cs = cand[new], cm[new], cs[new]
         if not len(cand):
             return out
-        order = np.lexsort((t[cand], ck, cm))
-        cand, cm, ck = cand[order], cm[order], ck[order]
+        order = np.lexsort((t[cand], cs, cm))
+        cand, cm, cs = cand[order], cm[order], cs[order]
         last = np.ones(len(cand), np.bool_)
-        last[:-1] = (cm[1:] != cm[:-1]) | (ck[1:] != ck[:-1])
+        last[:-1] = (cm[1:] != cm[:-1]) | (cs[1:] != cs[:-1])
         out[cand[last]] = True
         return out
 
