@@ -388,3 +388,27 @@ def test_late_first_state_sample_is_the_initial_state_from_when_it_is_accepted()
     assert rep.late_dropped == 1 and rep.accepted == 1
     [r2] = eng2.range_results(now, ["m1"], [T0], [now])
     assert r2.seconds["running"] == pytest.approx(800) and r2.seconds["unknown"] == pytest.approx(400)
+
+
+def test_machine_whose_data_lags_behind_now() -> None:
+    # m1's data arrives 20-40 min behind now (a slow gateway, a spool after a broker outage); m2 is live.
+    machines = [{"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+                {"id": "m2", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}}]
+    eng = Engine(plant(machines=machines, policies={"allowed_lateness_s": 300}))
+    eng.ingest([S("state", T0, 1), S("total", T0, 0), S("state", T0, 1, m="m2"), S("total", T0, 0, m="m2")],
+               now=T0 + 1)
+    now = T0 + 3600
+    eng.ingest([S("total", now - 10, 3590, m="m2"), S("total", T0 + 1200, 1200)], now=now)
+    # m1's windows at now: its last state holds up to now, its counts are those that arrived
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.seconds["running"] == pytest.approx(3600) and r.total == 1200
+    # the rest arrives in order, far behind now: not late (lateness is measured against the machine's own
+    # newest sample), derived, and every window over it is exact again
+    rep = eng.ingest([S("state", T0 + 1800, 0), S("state", T0 + 2400, 1), S("total", T0 + 2400, 1800)], now=now)
+    assert rep.late_dropped == 0 and rep.accepted == 3
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.seconds["unplanned_stop"] == pytest.approx(600) and r.seconds["running"] == pytest.approx(3000)
+    assert r.total == 1800
+    # the hour it lies in is re-emitted while it touches the lateness horizon (now - allowed_lateness_s)
+    hour = [x for x in eng.results(now) if x.entity == "m1" and x.window == "hour" and x.start == T0]
+    assert hour and hour[0].seconds["unplanned_stop"] == pytest.approx(600)
