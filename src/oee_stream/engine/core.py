@@ -184,12 +184,19 @@ class Timeline:
     derive_total: B  # it reports good and reject but no total: total = good + reject
 
 
+_VOID: dict[int, np.dtype[Any]] = {}
+
+
 def _rows(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """A C-contiguous 2-D array as a 1-D array of its rows (one void item each), a view: NumPy gathers and
     scatters whole rows by index several times faster that way than through 2-D fancy indexing."""
     if a.ndim == 1:
         return a
-    return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(a.shape[0])
+    width = a.dtype.itemsize * a.shape[1]
+    vd = _VOID.get(width)
+    if vd is None:
+        vd = _VOID[width] = np.dtype((np.void, width))
+    return a.view(vd)[:, 0]
 
 
 def _take_rows(a: npt.NDArray[Any], idx: I64) -> npt.NDArray[Any]:
@@ -204,8 +211,19 @@ def _put_rows(a: npt.NDArray[Any], idx: I64, vals: npt.NDArray[Any]) -> None:
     """a[idx] = vals for a 1-D or C-contiguous 2-D array (vals: one row per index)."""
     if a.ndim == 1:
         a[idx] = vals
+    elif vals.ndim == 2 and vals.dtype == a.dtype and vals.flags.c_contiguous:
+        _rows(a)[idx] = _rows(vals)
     else:
         _rows(a)[idx] = _rows(np.ascontiguousarray(np.broadcast_to(vals, (len(idx), a.shape[1])), dtype=a.dtype))
+
+
+def _shift1(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """x moved down by one row (row 0 takes the last row, like np.roll(x, 1), without its overhead)."""
+    out = np.empty_like(x)
+    if len(x):
+        out[1:] = x[:-1]
+        out[0] = x[-1]
+    return out
 
 
 def _any_rows(b: B) -> B:
@@ -1342,8 +1360,8 @@ class Engine:
         tpos = np.full(n_m, -1, np.int64)
         tpos[touched] = lpos
         ppos = tpos[rm]
-        pcls = np.where(rfirst, sa.cols["cls"][ppos], np.roll(rc, 1)).astype(np.int8)
-        preason = np.where(rfirst, sa.cols["reason"][ppos].astype(np.int64), np.roll(rr, 1))
+        pcls = np.where(rfirst, sa.cols["cls"][ppos], _shift1(rc)).astype(np.int8)
+        preason = np.where(rfirst, sa.cols["reason"][ppos].astype(np.int64), _shift1(rr))
         # Consecutive rows with the same class and reason are one row.
         keep = (rc != pcls) | (rr != preason)
         if not keep.all():
@@ -1353,7 +1371,7 @@ class Engine:
             rfirst = np.ones(n, np.bool_)
             rfirst[1:] = rm[1:] != rm[:-1]
             ppos = tpos[rm]
-            pcls = np.where(rfirst, sa.cols["cls"][ppos], np.roll(rc, 1)).astype(np.int8)
+            pcls = np.where(rfirst, sa.cols["cls"][ppos], _shift1(rc)).astype(np.int8)
         if n == 0:
             return
         rlast = np.ones(n, np.bool_)
@@ -1387,10 +1405,10 @@ class Engine:
         # open stops: unplanned rows at a machine's end whose run has not ended
         open_rows = unpl & ~closed_rows
         # --- cumulative production seconds per class and stops before each row
-        pcls_final = np.where(rfirst, pcls, np.roll(rc, 1)).astype(np.int64)
-        pflag = np.where(rfirst, sa.cols["flag"][ppos], np.roll(stop_start.astype(np.int8), 1))
+        pcls_final = np.where(rfirst, pcls, _shift1(rc)).astype(np.int64)
+        pflag = np.where(rfirst, sa.cols["flag"][ppos], _shift1(stop_start.astype(np.int8)))
         p_now = self._prod(rm, rt)
-        p_prev = np.where(rfirst, sa.cols["p"][ppos], np.roll(p_now, 1))
+        p_prev = np.where(rfirst, sa.cols["p"][ppos], _shift1(p_now))
         contrib = np.zeros((n, N_CLASSES))
         contrib[pos, pcls_final] = p_now - p_prev
         fpos = ppos[rfirst]
