@@ -105,6 +105,14 @@ def state_mappings() -> list[dict[str, Any]]:
                                           for i, (k, (t, c)) in enumerate(STATE_COLORS.items())}}]
 
 
+# A stat panel showing one OEE tile per row, named by the row's entity column.
+OEE_TILES: dict[str, Any] = {
+    "reduceOptions": {"values": True, "calcs": [], "fields": "/^OEE$/"}, "colorMode": "background",
+    "graphMode": "none", "textMode": "value_and_name", "orientation": "auto", "justifyMode": "center",
+    "wideLayout": True, "showPercentChange": False,
+}
+
+
 def pct_field(**extra: Any) -> dict[str, Any]:
     d: dict[str, Any] = {"unit": "percentunit", "decimals": 1, "min": 0, "max": 1,
                          "thresholds": {"mode": "absolute", "steps": [
@@ -288,10 +296,7 @@ ORDER BY ln.ord
         description="Per machine: summed hourly seconds and counts of the range, then OEE = net run time / PPT × "
                     "good / total. Never an average of hourly OEE values.",
         defaults=pct_field(),
-        options={"reduceOptions": {"values": True, "calcs": [], "fields": "/^OEE$/"}, "colorMode": "background",
-                 "graphMode": "none", "textMode": "value_and_name", "orientation": "auto", "justifyMode": "center",
-                 "wideLayout": True, "showPercentChange": False},
-        overrides=[override("OEE", displayName="${__data.fields.Machine}")],
+        options={**OEE_TILES}, overrides=[override("OEE", displayName="${__data.fields.Machine}")],
     )
     apq_range = panel(
         4, "A / P / Q / coverage over the selected range", "bargauge", grid(12, 19, 12, 7), [target(range_sql)],
@@ -305,10 +310,7 @@ ORDER BY ln.ord
                     "else the sum of the line's machines), their seconds and counts added over the range, then "
                     "OEE = net run time / PPT × good / total. Never an average of machine or hourly OEE values.",
         defaults=pct_field(),
-        options={"reduceOptions": {"values": True, "calcs": [], "fields": "/^OEE$/"}, "colorMode": "background",
-                 "graphMode": "none", "textMode": "value_and_name", "orientation": "auto", "justifyMode": "center",
-                 "wideLayout": True, "showPercentChange": False},
-        overrides=[override("OEE", displayName="${__data.fields.Line}")],
+        options={**OEE_TILES}, overrides=[override("OEE", displayName="${__data.fields.Line}")],
     )
     line_shift = panel(
         7, "Lines: current shift", "table", grid(10, 5, 14, 6), [target(line_shift_sql)],
