@@ -481,6 +481,13 @@ class _CalendarCache:
         if until > self.until:
             self._build(until + 2 * DAY)
 
+    def rebase(self, origin: float) -> None:
+        """Values relative to a later origin (a prune): the same boundaries, each cumulative sum shifted by
+        its value at the new origin (sums of whole seconds, so exactly what a rebuild gives)."""
+        at_origin = np.array([self.seconds(np.array([origin]), k)[0] for k in range(3)])
+        self.cum = self.cum - at_origin[:, None]
+        self.origin = origin
+
     def index(self, x: F64) -> I64:
         out: I64 = np.maximum(np.searchsorted(self.bt, x, side="right") - 1, 0)
         return out
@@ -1101,8 +1108,9 @@ class Engine:
         sa.cols["p"][live] -= shift[cp.calendar_of[np.repeat(ms, sa.len)]]
         self._run_pos = np.where(self._run_pos >= 0, self._run_pos - s_drop, -1)
         self.origin = new_origin
-        self._cals = [_CalendarCache(self.plant.calendars[c], new_origin, max(now, new_origin) + 3 * DAY)
-                      for c in cp.calendar_names]
+        for cal in self._cals:
+            cal.rebase(new_origin)
+            cal.ensure(max(now, new_origin) + 3 * DAY)
         self._cursors = {}
         self._prev_tail = None
         self._tail_dirty[:] = True
