@@ -412,3 +412,24 @@ def test_machine_whose_data_lags_behind_now() -> None:
     # the hour it lies in is re-emitted while it touches the lateness horizon (now - allowed_lateness_s)
     hour = [x for x in eng.results(now) if x.entity == "m1" and x.window == "hour" and x.start == T0]
     assert hour and hour[0].seconds["unplanned_stop"] == pytest.approx(600)
+
+
+def test_machines_on_different_calendars() -> None:
+    # m1 works around the clock, m2 only 06:00-07:00: the same samples give each its own calendar's time.
+    p = plant(machines=[{"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+                        {"id": "m2", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}}])
+    data = p.model_dump(by_alias=True, exclude_unset=True)
+    data["calendars"]["short"] = {"timezone": "UTC", "shifts": [{"name": "early", "start": "06:00", "end": "07:00"}]}
+    data["lines"][0]["machines"][1]["calendar"] = "short"
+    p = type(p).model_validate(data)
+    eng = Engine(p)
+    now = T0 + 2 * 3600
+    eng.ingest([S("state", T0, 1), S("state", T0, 1, m="m2"), S("state", T0 + 1800, 0),
+                S("state", T0 + 1800, 0, m="m2")], now=now)
+    r1, r2 = eng.range_results(now, ["m1", "m2"], [T0] * 2, [now] * 2)
+    assert r1.seconds["running"] == pytest.approx(1800) and r1.seconds["unplanned_stop"] == pytest.approx(5400)
+    assert r2.seconds["running"] == pytest.approx(1800) and r2.seconds["unplanned_stop"] == pytest.approx(1800)
+    assert r2.seconds["unscheduled"] == pytest.approx(3600) and r1.seconds["unscheduled"] == 0
+    cur = {x.entity: x for x in eng.results(now) if x.entity in ("m1", "m2") and x.window == "15m"}
+    assert cur["m1"].state == "unplanned_stop" and cur["m2"].state == "unscheduled"
+    assert cur["m2"].state_since == T0 + 3600

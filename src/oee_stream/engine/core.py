@@ -700,6 +700,10 @@ class Engine:
 
     def _cal_state(self, m: I64, x: F64) -> tuple[I8, F64]:
         """Calendar class at x (a boundary at x counts as already passed) and since when it holds."""
+        if len(self._cals) == 1:
+            cal0 = self._cals[0]
+            i0 = cal0.index(x)
+            return cal0.bc[i0].astype(np.int8), cal0.bt[i0]
         cls = np.empty(len(x), np.int8)
         since = np.empty(len(x))
         cal_of = self.cp.calendar_of[m]
@@ -1535,7 +1539,7 @@ class Engine:
             back = (jcur >= j) & present[:, j - 1] & (tc[:, j - 1] == cur_c) & (tr[:, j - 1] == cur_r) & \
                 (since == tt[:, j])
             since = np.where(back, tt[:, j - 1], since)
-        cal_cls, cal_since = self._cal_state(ms, np.full(n_m, now))
+        cal_cls, cal_since = self._cal_state_at(ms, now)
         prod_now = cal_cls == CAL_PRODUCTION
         cur_cls = np.where(prod_now, cur_c, np.where(cal_cls == CAL_EXCLUDED, PLANNED_EXCLUDED, UNSCHEDULED))
         cur_reason = np.where(prod_now, cur_r, np.where(cal_cls == CAL_EXCLUDED, R_BREAK, R_UNSCHEDULED))
@@ -1648,6 +1652,18 @@ class Engine:
         out[:, N_CLASSES + 3] = sa.cols["cls"][pos]
         out[:, N_CLASSES + 4] = sa.cols["p"][pos]
         return out
+
+    def _cal_state_at(self, m: I64, x: float) -> tuple[I8, F64]:
+        """`_cal_state` at one instant shared by all of m: one look-up per calendar."""
+        per_cls = np.empty(len(self._cals), np.int8)
+        per_since = np.empty(len(self._cals))
+        for ci, cal in enumerate(self._cals):
+            i = int(cal.index(np.array([x]))[0])
+            per_cls[ci], per_since[ci] = cal.bc[i], cal.bt[i]
+        if len(self._cals) == 1:
+            return np.full(len(m), per_cls[0], np.int8), np.full(len(m), per_since[0])
+        cal_of = self.cp.calendar_of[m]
+        return per_cls[cal_of], per_since[cal_of]
 
     def _cal_at(self, m: I64, x: float, k: int) -> F64:
         """`_cal_eval` at one instant shared by all of m: one evaluation per calendar."""
