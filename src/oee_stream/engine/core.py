@@ -100,6 +100,8 @@ N_POINT = fx.WINDOW + 2
 
 # Tail columns per machine: the last state row, three transient rows (offline, no count, stale), `now`.
 N_TAIL = 4
+# A row of a (machines, N_TAIL) presence array with only its first column set, read as one integer.
+_ONLY_FIRST = int(np.array([True] + [False] * (N_TAIL - 1)).view(np.uint32)[0])
 
 # Reasons a sample is refused; index 0 means accepted.
 REJECT_REASONS = ("", "unknown machine", "unknown signal", "future timestamp beyond max_clock_skew_s",
@@ -1583,15 +1585,21 @@ class Engine:
         else:
             tl0, u_any0, present0 = prev
             # unchanged machines: only the columns that sit at `now` move
-            # (column 0, the last stored row, is always present)
-            absent = ~present0[:, 1:]
-            tt = tl0.tt.copy()
-            np.copyto(tt[:, 1:N_TAIL], now, where=absent)
-            tt[:, N_TAIL] = now
+            # Column 0, the last stored row, is always present; transient rows are rare: the rows that
+            # have one are found by reading each row of `present` as one integer.
             p_now = self._cal_at(machines, now, CAL_PRODUCTION)
-            tp = tl0.tp.copy()
-            np.copyto(tp[:, 1:N_TAIL], p_now[:, None], where=absent)
-            tp[:, N_TAIL] = p_now
+            tt = np.empty((n_m, N_TAIL + 1))
+            tt[:, 0] = tl0.tt[:, 0]
+            tt[:, 1:] = now
+            tp = np.empty((n_m, N_TAIL + 1))
+            tp[:, 0] = tl0.tp[:, 0]
+            tp[:, 1:] = p_now[:, None]
+            pres = np.ascontiguousarray(present0)
+            held = np.flatnonzero(pres.view(np.uint32).reshape(n_m) != _ONLY_FIRST)
+            if len(held):
+                ph = pres[held, 1:]
+                tt[held, 1:N_TAIL] = np.where(ph, tl0.tt[held, 1:N_TAIL], now)
+                tp[held, 1:N_TAIL] = np.where(ph, tl0.tp[held, 1:N_TAIL], p_now[held, None])
             tc, tr = tl0.tc.copy(), tl0.tr.copy()
             present, fix, run_t, run_p = present0.copy(), tl0.fix.copy(), tl0.run_t.copy(), tl0.run_p.copy()
             stop_t = tl0.tail_stops.copy()
