@@ -72,3 +72,22 @@ async def test_only_changed_results_and_intervals_are_written() -> None:
     clock[0] += 1.0
     await svc.tick()
     assert {(i.start, i.end is None) for i in w.intervals[-1]} == {(T0 + 1800, False), (clock[0] - 1.5, True)}
+
+
+def test_startup_reject_from_the_bus_reaches_the_engine() -> None:
+    # startup_reject is a KPI signal: it is fed to the engine (not dead-lettered, not merely stored).
+    from oee_stream.engine import Engine
+    from oee_stream.service import ENGINE_SIGNALS, apply_messages
+
+    assert "startup_reject" in ENGINE_SIGNALS
+    eng = Engine(plant(policies={"allowed_lateness_s": 3600}))
+    samples = [Sample("m1", "state", T0, 1), Sample("m1", "total", T0, 0), Sample("m1", "reject", T0, 0),
+               Sample("m1", "startup_reject", T0, 0), Sample("m1", "total", T0 + 600, 100),
+               Sample("m1", "reject", T0 + 600, 6), Sample("m1", "startup_reject", T0 + 600, 4)]
+    msgs = [bus.Message(f"oee/v1/site/m1/{s.signal}", bus.encode_samples("c1", [s])) for s in samples]
+    now = T0 + 900
+    applied = apply_messages(eng, msgs, now)
+    assert applied.dead == [] and applied.accepted == len(samples)
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.reject == 6 and r.six_big_losses_s["startup_rejects"] == 4.0
+    assert r.six_big_losses_s["production_rejects"] == 2.0

@@ -353,6 +353,63 @@ def test_good_counter_reported_directly() -> None:
     assert (r3.total, r3.reject, r3.good) == (100, 5, 95)
 
 
+def test_startup_rejects_are_a_part_of_the_rejects() -> None:
+    # startup_reject counts the start-up scrap, a subset of reject: the six big losses split the reject loss
+    # into production and start-up rejects; counts, quality and OEE are those of the rejects alone.
+    machines = [{"id": "m1", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0},
+                                                              "b": {"ideal_cycle_time_s": 2.0}}},
+                {"id": "m2", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}},
+                {"id": "m3", "state_table": "t", "products": {"a": {"ideal_cycle_time_s": 1.0}}}]
+    eng = Engine(plant(machines=machines))
+    now = T0 + 1800
+    eng.ingest([
+        # m1: startup_reject's first sample (7) is its baseline, like any counter's
+        S("state", T0, 1), S("product", T0, "a"), S("total", T0, 0), S("reject", T0, 0), S("startup_reject", T0, 7),
+        S("total", T0 + 300, 200), S("reject", T0 + 300, 12), S("startup_reject", T0 + 300, 12),  # 5 of a: 5 s
+        S("product", T0 + 600, "b"),
+        S("total", T0 + 1200, 500), S("reject", T0 + 1200, 20), S("startup_reject", T0 + 1200, 15),  # 3 of b: 6 s
+        S("reject", T0 + 1500, 22), S("startup_reject", T0 + 1500, 2),  # a reset: 2 of b, 4 s
+        # m2, misconfigured: more start-up rejects than rejects
+        S("state", T0, 1, m="m2"), S("total", T0, 0, m="m2"), S("reject", T0, 0, m="m2"),
+        S("startup_reject", T0, 0, m="m2"), S("total", T0 + 300, 100, m="m2"), S("reject", T0 + 300, 4, m="m2"),
+        S("startup_reject", T0 + 300, 10, m="m2"), S("total", T0 + 900, 200, m="m2"),
+        S("reject", T0 + 900, 10, m="m2"),
+        # m3 sends no startup_reject: exactly as before, every reject is a production reject
+        S("state", T0, 1, m="m3"), S("total", T0, 0, m="m3"), S("reject", T0, 0, m="m3"),
+        S("total", T0 + 900, 100, m="m3"), S("reject", T0 + 900, 5, m="m3"),
+    ], now=now)
+    r1, first, r2, r2a, r2b, r3 = eng.range_results(
+        now, ["m1", "m1", "m2", "m2", "m2", "m3"], [T0, T0, T0, T0, T0 + 600, T0],
+        [now, T0 + 600, now, T0 + 600, now, now])
+    # m1: rejects 12 of a + 10 of b = 22 (12 s + 20 s); start-up 5 of a + 5 of b (5 s + 10 s)
+    assert (r1.total, r1.reject, r1.good) == (500, 22, 478) and r1.quality == pytest.approx(478 / 500)
+    assert r1.net_run_time_s == pytest.approx(200 + 300 * 2.0)
+    assert r1.six_big_losses_s["startup_rejects"] == pytest.approx(15.0)
+    assert r1.six_big_losses_s["production_rejects"] == pytest.approx(17.0)
+    assert r1.six_big_losses_s["slow_cycles"] == pytest.approx(1800 - 800)
+    # the six losses (+ unknown) still add up to PPT - fully productive time (800 - 32 s)
+    assert sum(r1.six_big_losses_s.values()) + r1.seconds["unknown"] == pytest.approx(1800 - 768)
+    assert r1.oee == pytest.approx(800 / 1800 * 478 / 500)
+    assert first.six_big_losses_s["startup_rejects"] == pytest.approx(5.0)
+    assert first.six_big_losses_s["production_rejects"] == pytest.approx(7.0)
+    # m2: 10 start-up rejects against 4 rejects in [T0, T0+600): clamped, all 4 are start-up rejects; over the
+    # whole window 10 against 10: all start-up; after T0+600 no start-up rejects: 6 production rejects
+    assert (r2.reject, r2.good) == (10, 190)
+    assert r2.six_big_losses_s["startup_rejects"] == pytest.approx(10.0)
+    assert r2.six_big_losses_s["production_rejects"] == pytest.approx(0.0)
+    assert r2a.six_big_losses_s["startup_rejects"] == pytest.approx(4.0)
+    assert r2a.six_big_losses_s["production_rejects"] == pytest.approx(0.0)
+    assert r2b.six_big_losses_s["startup_rejects"] == pytest.approx(0.0)
+    assert r2b.six_big_losses_s["production_rejects"] == pytest.approx(6.0)
+    assert r3.six_big_losses_s["startup_rejects"] == 0.0
+    assert r3.six_big_losses_s["production_rejects"] == pytest.approx(5.0)
+    # a line adds its machines' (clamped) losses
+    [line] = [x for x in eng.results(now) if x.entity == "l1" and x.window == "1h"]
+    assert line.reject == 37
+    assert line.six_big_losses_s["startup_rejects"] == pytest.approx(15.0 + 10.0)
+    assert line.six_big_losses_s["production_rejects"] == pytest.approx(17.0 + 0.0 + 5.0)
+
+
 def test_operator_reasons_replace_the_reason_of_stop_time_only() -> None:
     eng = Engine(classic_plant())
     samples = [S("state", T0, 1), S("state", T0 + 60 * MIN, 0), S("state", T0 + 107 * MIN, 1)]

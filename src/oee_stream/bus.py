@@ -33,7 +33,7 @@ Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: tuple[Quality, ...] = ("good", "uncertain", "bad")
 
 # Signals the engine understands; any other signal name is informational (stored, not used for KPIs).
-KPI_SIGNALS = ("state", "run", "total", "reject", "input", "product")
+KPI_SIGNALS = ("state", "run", "total", "reject", "input", "product", "startup_reject")
 
 
 class PayloadError(ValueError):

@@ -152,9 +152,10 @@ def reference_window(
                 break
         return name
 
-    sums = {"total": 0.0, "reject": 0.0, "input": 0.0, "ideal_total": 0.0, "ideal_reject": 0.0}
+    sums = {"total": 0.0, "reject": 0.0, "input": 0.0, "startup_reject": 0.0, "ideal_total": 0.0,
+            "ideal_reject": 0.0, "ideal_startup_reject": 0.0}
     width = mach.counter_width if mach.kind.value == "discrete" else None
-    for sig in ("total", "reject", "input"):
+    for sig in ("total", "reject", "input", "startup_reject"):
         series = sorted((s for s in mine if s.signal == sig and s.quality == "good"), key=lambda s: s.ts)
         prev: float | None = None
         for s in series:
@@ -172,10 +173,8 @@ def reference_window(
             if start <= s.ts < end:
                 sums[sig] += d
                 spu = mach.products[product_at(s.ts)].ideal_seconds_per_unit
-                if sig == "total":
-                    sums["ideal_total"] += d * spu
-                elif sig == "reject":
-                    sums["ideal_reject"] += d * spu
+                if sig != "input":
+                    sums["ideal_" + sig] += d * spu
 
     # 5. formulas, spelled out
     running, micro, unknown = seconds["running"], seconds["micro_stop"], seconds["unknown"]
@@ -196,6 +195,22 @@ def reference_window(
     else:
         oee = sums["ideal_total"] / ppt * (good / total)
     window = end - start
+    # start-up rejects are a part of the rejects: when the window's start-up count reaches its reject count
+    # (a misconfigured PLC), all its rejects are start-up rejects; their ideal seconds never exceed the rejects'
+    startup_s = 0.0
+    if sums["startup_reject"] > 0:
+        if sums["startup_reject"] >= reject:
+            startup_s = sums["ideal_reject"]
+        else:
+            startup_s = min(sums["ideal_startup_reject"], sums["ideal_reject"])
+    six_big_losses = {
+        "unplanned_stops": seconds["unplanned_stop"],
+        "planned_stops": seconds["planned_stop"],
+        "small_stops": micro,
+        "slow_cycles": running - sums["ideal_total"],
+        "production_rejects": sums["ideal_reject"] - startup_s,
+        "startup_rejects": startup_s,
+    }
     return {
         "seconds": seconds,
         "total": total,
@@ -215,4 +230,5 @@ def reference_window(
         "mtbf_s": run_time / stops if stops else None,
         "mttr_s": seconds["unplanned_stop"] / stops if stops else None,
         "downtime_by_reason_s": by_reason,
+        "six_big_losses_s": six_big_losses,
     }

@@ -65,6 +65,7 @@ from oee_stream.engine.plant import (
     RUN,
     RUNNING,
     SIGNAL_CODES,
+    STARTUP_REJECT,
     STATE,
     TOTAL,
     UNKNOWN,
@@ -87,16 +88,17 @@ SPEED_WINDOW_S = 300.0
 
 # Counter series per machine in the counter table, in signal-code order so a batch sorted by
 # (machine, signal, time) is already sorted by (series, time).
-N_CTR = 4
-C_TOTAL, C_REJECT, C_INPUT, C_GOOD = range(N_CTR)
+N_CTR = 5
+C_TOTAL, C_REJECT, C_INPUT, C_GOOD, C_STARTUP = range(N_CTR)
 _SIG_CTR = np.full(N_SIGNALS, -1, np.int64)
-_SIG_CTR[[TOTAL, REJECT, INPUT, GOOD_COUNT]] = [C_TOTAL, C_REJECT, C_INPUT, C_GOOD]
+_SIG_CTR[[TOTAL, REJECT, INPUT, GOOD_COUNT, STARTUP_REJECT]] = [C_TOTAL, C_REJECT, C_INPUT, C_GOOD, C_STARTUP]
 _IS_COUNTER = _SIG_CTR >= 0
 
-# Columns of an instant's values (Engine._point): the feature columns before the window column, then the
-# good counter and its ideal seconds.
-P_GOOD, P_IDEAL_GOOD = fx.WINDOW, fx.WINDOW + 1
-N_POINT = fx.WINDOW + 2
+# Columns of an instant's values (Engine._point): the feature columns before the window column (the start-up
+# rejects' ideal seconds in fx.IDEAL_STARTUP, not yet clamped), then the good counter and its ideal seconds,
+# then the start-up reject count.
+P_GOOD, P_IDEAL_GOOD, P_STARTUP = fx.WINDOW, fx.WINDOW + 1, fx.WINDOW + 2
+N_POINT = fx.WINDOW + 3
 
 # Tail columns per machine: the last state row, three transient rows (offline, no count, stale), `now`.
 N_TAIL = 4
@@ -1899,6 +1901,8 @@ class Engine:
         out[:, fx.IDEAL_REJECT] = c3[:, C_REJECT, 1]
         out[:, P_GOOD] = c3[:, C_GOOD, 0]
         out[:, P_IDEAL_GOOD] = c3[:, C_GOOD, 1]
+        out[:, P_STARTUP] = c3[:, C_STARTUP, 0]
+        out[:, fx.IDEAL_STARTUP] = c3[:, C_STARTUP, 1]
 
     # ------------------------------------------------------------------ windows
 
@@ -1995,11 +1999,14 @@ class Engine:
             derive = bool(tl.derive_reject.any() or tl.derive_total.any())
             good = d[:, P_GOOD].copy() if derive else None
             i_good = d[:, P_IDEAL_GOOD].copy() if derive else None
+            startup = d[:, P_STARTUP]  # outside x: not overwritten below
             x = d[:, : fx.N_FEATURES]
             x[:, UNKNOWN] += a - np.minimum(w.start, a)
             x[:, fx.WINDOW] = w.end - w.start
             if good is not None and i_good is not None:
                 self._derived_counts(tl, w, x, good, i_good)
+            if startup.any():
+                self._startup_rejects(x, startup)
             return x
         b = np.clip(w.end, tl.origin, tl.now)
         mm = np.concatenate([w.machine, w.machine])
@@ -2014,8 +2021,11 @@ class Engine:
         x[:, fx.TOTAL], x[:, fx.REJECT], x[:, fx.INPUT] = c[C_TOTAL], c[C_REJECT], c[C_INPUT]
         x[:, fx.IDEAL_TOTAL], x[:, fx.IDEAL_REJECT] = c[N_CTR + C_TOTAL], c[N_CTR + C_REJECT]
         x[:, fx.STOPS] = stops[n:] - stops[:n]
+        x[:, fx.IDEAL_STARTUP] = c[N_CTR + C_STARTUP]
         x[:, fx.WINDOW] = w.end - w.start
         self._derived_counts(tl, w, x, c[C_GOOD], c[N_CTR + C_GOOD])
+        if c[C_STARTUP].any():
+            self._startup_rejects(x, c[C_STARTUP])
         return x
 
     @staticmethod
@@ -2030,6 +2040,16 @@ class Engine:
         if dt.any():
             x[dt, fx.TOTAL] = good[dt] + x[dt, fx.REJECT]
             x[dt, fx.IDEAL_TOTAL] = i_good[dt] + x[dt, fx.IDEAL_REJECT]
+
+    @staticmethod
+    def _startup_rejects(x: F64, startup: F64) -> None:
+        """The start-up rejects are a part of the rejects (docs/engine.md, "startup rejects"): in a window
+        whose start-up count reaches or exceeds its reject count (a misconfigured PLC), every reject is a
+        start-up reject; otherwise their ideal seconds are capped at the rejects'. Per machine window, before
+        roll-ups add them, so production + start-up rejects is always the reject loss."""
+        i_rej = x[:, fx.IDEAL_REJECT]
+        x[:, fx.IDEAL_STARTUP] = np.where(startup > 0, np.where(startup >= x[:, fx.REJECT], i_rej,
+                                                               np.minimum(x[:, fx.IDEAL_STARTUP], i_rej)), 0.0)
 
     def _pieces(self, tl: Timeline, m: I64, a: F64, b: F64, *, clip_start: bool = True
                 ) -> tuple[I64, F64, F64, I8, I64]:

@@ -17,8 +17,10 @@ F = npt.NDArray[np.float64]
 
 # Columns of the additive feature array (last axis).
 SEC0 = 0  # 7 class seconds: 0..6
-TOTAL, REJECT, INPUT, IDEAL_TOTAL, IDEAL_REJECT, STOPS, WINDOW = 7, 8, 9, 10, 11, 12, 13
-N_FEATURES = 14
+# IDEAL_STARTUP: the ideal seconds of the start-up rejects, a part of IDEAL_REJECT (already clamped to it per
+# machine window by the engine, so roll-ups add consistent parts).
+TOTAL, REJECT, INPUT, IDEAL_TOTAL, IDEAL_REJECT, STOPS, IDEAL_STARTUP, WINDOW = 7, 8, 9, 10, 11, 12, 13, 14
+N_FEATURES = 15
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def compute(x: F, *, microstops_as: str = "performance", unknown_policy: str = "
     stops = x[..., STOPS]
     mtbf = _div(run_time, stops)
     mttr = _div(unplanned, stops)
-    losses = np.stack([unplanned, planned, micro, running - net, ideal_reject, np.zeros_like(net)], axis=-1)
+    ideal_startup = x[..., IDEAL_STARTUP]
+    losses = np.stack([unplanned, planned, micro, running - net, ideal_reject - ideal_startup, ideal_startup],
+                      axis=-1)
     return Kpis(ppt, run_time, net, fully, availability, performance, quality, oee, teep, utilization,
                 coverage, mtbf, mttr, good, _div(good, x[..., INPUT]), losses)

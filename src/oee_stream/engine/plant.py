@@ -10,12 +10,13 @@ import numpy.typing as npt
 from oee_stream.config import MachineKind, Plant
 
 # Signal codes of the engine's sample arrays. GAP rows are made by the engine (connector outages);
-# GOOD_COUNT is a PLC's own good-parts counter (see docs/engine.md, "good reported directly").
-STATE, RUN, TOTAL, REJECT, INPUT, PRODUCT, GAP, GOOD_COUNT = 0, 1, 2, 3, 4, 5, 6, 7
-N_SIGNALS = 8
+# GOOD_COUNT is a PLC's own good-parts counter (see docs/engine.md, "good reported directly");
+# STARTUP_REJECT counts the start-up scrap, a subset of `reject` (docs/engine.md, "startup rejects").
+STATE, RUN, TOTAL, REJECT, INPUT, PRODUCT, GAP, GOOD_COUNT, STARTUP_REJECT = 0, 1, 2, 3, 4, 5, 6, 7, 8
+N_SIGNALS = 9
 SIGNAL_CODES: dict[str, int] = {
     "state": STATE, "run": RUN, "total": TOTAL, "reject": REJECT, "input": INPUT, "product": PRODUCT,
-    "good": GOOD_COUNT,
+    "good": GOOD_COUNT, "startup_reject": STARTUP_REJECT,
 }
 
 GOOD, UNCERTAIN, BAD = 0, 1, 2
