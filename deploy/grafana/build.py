@@ -475,16 +475,18 @@ FROM r
 WHERE seconds > 0
 ORDER BY seconds DESC, reason
 """
-    by_machine_sql = f"""
-WITH {MACHINES_CTE}
-SELECT ml.machine_name AS "Machine", sum(h.ppt_s) / 3600 AS "PPT h",
+    # The loss table's columns, from the hourly results `h` of the range (machine or line rows alike).
+    loss_hours = f"""sum(h.ppt_s) / 3600 AS "PPT h",
   sum(h.unplanned_stop_s) / 3600 AS "Unplanned stops h", sum(h.planned_stop_s) / 3600 AS "Planned stops h",
   sum(h.micro_stop_s) / 3600 AS "Small stops h",
   sum((h.payload->'six_big_losses_s'->>'slow_cycles')::float8) / 3600 AS "Slow cycles h",
   sum((h.payload->'six_big_losses_s'->>'production_rejects')::float8
       + (h.payload->'six_big_losses_s'->>'startup_rejects')::float8) / 3600 AS "Rejects h",
   sum(h.unknown_s) / 3600 AS "No data h",
-  {kpis("h.")}
+  {kpis("h.")}"""
+    by_machine_sql = f"""
+WITH {MACHINES_CTE}
+SELECT ml.machine_name AS "Machine", {loss_hours}
 FROM ml JOIN oee_results h ON h.entity = ml.machine
 WHERE h.window_kind = 'hour' AND h.entity_kind = 'machine' AND h.{sel} AND $__timeFilter(h.window_start)
 GROUP BY ml.ord, ml.machine_name
@@ -493,14 +495,7 @@ ORDER BY ml.ord
     by_line_sql = f"""
 -- Per line: the engine's line results (constraint machine, or all machines) added over the range.
 WITH {LINES_CTE}
-SELECT ln.line_name AS "Line", ln.basis AS "Line OEE of", sum(h.ppt_s) / 3600 AS "PPT h",
-  sum(h.unplanned_stop_s) / 3600 AS "Unplanned stops h", sum(h.planned_stop_s) / 3600 AS "Planned stops h",
-  sum(h.micro_stop_s) / 3600 AS "Small stops h",
-  sum((h.payload->'six_big_losses_s'->>'slow_cycles')::float8) / 3600 AS "Slow cycles h",
-  sum((h.payload->'six_big_losses_s'->>'production_rejects')::float8
-      + (h.payload->'six_big_losses_s'->>'startup_rejects')::float8) / 3600 AS "Rejects h",
-  sum(h.unknown_s) / 3600 AS "No data h",
-  {kpis("h.")}
+SELECT ln.line_name AS "Line", ln.basis AS "Line OEE of", {loss_hours}
 FROM ln JOIN oee_results h ON h.entity = ln.line
 WHERE {LINE_HOURS} AND $__timeFilter(h.window_start) AND ln.line IN (${{line:sqlstring}})
 GROUP BY ln.ord, ln.line_name, ln.basis
