@@ -122,6 +122,12 @@ def pct_field(**extra: Any) -> dict[str, Any]:
     return d
 
 
+def coloured_kpi_columns() -> list[dict[str, Any]]:
+    """Table columns OEE, A, P and Q as percentages coloured by the OEE thresholds."""
+    return [override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
+                     thresholds=pct_field()["thresholds"]) for k in ("OEE", "Availability", "Performance", "Quality")]
+
+
 def override(name: str, **props: Any) -> dict[str, Any]:
     return {"matcher": {"id": "byName", "options": name},
             "properties": [{"id": k.replace("__", "."), "value": v} for k, v in props.items()]}
@@ -282,8 +288,7 @@ ORDER BY ln.ord
         defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
         overrides=[
             override("State", mappings=state_mappings(), custom__cellOptions={"type": "color-background"}),
-            *[override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
-                       thresholds=pct_field()["thresholds"]) for k in ("OEE", "Availability", "Performance", "Quality")],
+            *coloured_kpi_columns(),
             override("Coverage", unit="percentunit", decimals=1),
             override("Speed vs ideal", unit="percentunit", decimals=0,
                      custom__cellOptions={"type": "gauge", "mode": "basic"}, max=1.2, min=0),
@@ -318,8 +323,7 @@ ORDER BY ln.ord
                     "counts; \"Line OEE of\" names the constraint machine the line's figures come from.",
         defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
         overrides=[
-            *[override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
-                       thresholds=pct_field()["thresholds"]) for k in ("OEE", "Availability", "Performance", "Quality")],
+            *coloured_kpi_columns(),
             override("Coverage", unit="percentunit", decimals=1),
         ],
         options={"showHeader": True, "cellHeight": "md"},
