@@ -13,7 +13,6 @@ import signal
 
 import structlog
 
-from oee_stream import bus
 from oee_stream.config import ConfigError, load_plant
 from oee_stream.connectors import build_connector, check_connectors, load_connectors
 from oee_stream.settings import Settings
@@ -33,8 +32,7 @@ async def run_connectors(settings: Settings, stop: asyncio.Event | None = None) 
     if not configs:
         raise ConfigError(f"no connector files (*.yaml) in {settings.connectors}")
     check_connectors(plant, configs)
-    ms = bus.MqttSettings(url=settings.mqtt_url, username=settings.mqtt_username, password=settings.mqtt_password,
-                          ca_file=settings.mqtt_ca_file)
+    ms = settings.mqtt(settings.mqtt_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     connectors = [build_connector(c, ms, default_buffer="disk", state_dir=settings.data_dir) for c in configs]
     stop = stop or asyncio.Event()

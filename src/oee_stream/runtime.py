@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 import uvicorn
 
-from oee_stream import bus
 from oee_stream.api.app import ApiSettings, create_app, live_cache_for
 from oee_stream.board import board_router
 from oee_stream.config import ConfigError, Plant, load_plant
@@ -67,11 +66,6 @@ def _check_port_free(host: str, port: int) -> None:
                 "Stop it, or choose another port with --port or OEE_API_PORT") from exc
 
 
-def mqtt_settings(settings: Settings, url: str) -> bus.MqttSettings:
-    return bus.MqttSettings(url=url, username=settings.mqtt_username, password=settings.mqtt_password,
-                            ca_file=settings.mqtt_ca_file)
-
-
 @contextlib.asynccontextmanager
 async def running_service(
     settings: Settings,
@@ -118,7 +112,7 @@ async def running_service(
             log.info("simulator_started", opcua=sim.opcua_endpoint, modbus=sim.modbus_address)
         configs = load_connectors(settings.connectors, env=env)
         check_connectors(plant, configs)
-        ms = mqtt_settings(settings, mqtt_url)
+        ms = settings.mqtt(mqtt_url)
         writer = await stack.enter_async_context(StorageWriter(db_url))
         await writer.record_config(plant)
         service = EngineService(plant, ms, writer, tick_s=settings.tick_s,

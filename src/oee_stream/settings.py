@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from oee_stream.bus import MqttSettings
 
 
 class Settings(BaseSettings):
@@ -34,3 +38,10 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(3600, gt=0, description="how often the retention job runs (plain PostgreSQL)")
     log_format: str = Field("console", description="console | json")
     log_level: str = "info"
+
+    def mqtt(self, url: str) -> MqttSettings:
+        """The bus client settings for broker `url` with this installation's credentials and CA."""
+        from oee_stream.bus import MqttSettings
+
+        return MqttSettings(url=url, username=self.mqtt_username, password=self.mqtt_password,
+                            ca_file=self.mqtt_ca_file)
