@@ -17,7 +17,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import inspect
 import itertools
 import json
 import os
@@ -25,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -415,40 +414,6 @@ PRESS_JS = """(() => { const t = document.querySelector('[data-machine="press-1"
   return t ? JSON.stringify({state: t.dataset.state, reason: t.querySelector('.reason').textContent}) : null; })()"""
 
 
-async def force_plc_state(sim: Any, machine: str, code: int, reason: str | None) -> Callable[[], Awaitable[None]]:
-    """A coroutine function that sets `machine`'s PLC state code on the simulator, prepared so that calling it
-    is only the write itself (connections made beforehand do not count towards the delay).
-
-    `PlantSimulator.force_state` when the simulator has it; otherwise the same write the scenario driver
-    makes: the value with its source timestamp into the simulated PLC's OPC UA server, which the connector
-    receives through its subscription like any PLC change. (An OPC UA client write is refused: the simulated
-    PLC's variables are read-only, as a PLC's status tags usually are.)"""
-    forced = getattr(sim, "force_state", None)
-    if forced is not None:
-        async def via_simulator() -> None:
-            res = forced(machine, code, reason)
-            if inspect.isawaitable(res):
-                await res
-        return via_simulator
-
-    from oee_stream.simulators.simulate import SimEvent
-
-    assert sim.scenario.machines[machine].protocol == "opcua" and sim.opcua is not None
-
-    async def via_opcua_server() -> None:
-        await sim.opcua.write(SimEvent(ts=time.time(), machine=machine, values={"state": code}))
-    return via_opcua_server
-
-
-async def freeze(sim: Any) -> None:
-    """Stop the scenario's random timeline, so nothing but our write changes a PLC while we measure."""
-    task = sim._task
-    if task is not None and not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 @pytest.mark.e2e
 async def test_board_follows_a_state_change_in_the_simulator(
     chromium: str, fresh_db_url: str, mqtt_url: str, tmp_path: Path
@@ -476,20 +441,18 @@ async def test_board_follows_a_state_change_in_the_simulator(
         assert got["press-1"]["name"] == "Extrusion press 1 (2500 t)" and got["furnace-1"]["of"].endswith(" t")
 
         sim = run.simulator
-        if not hasattr(sim, "force_state"):
-            await freeze(sim)  # without a hold, the scenario could overwrite our write while we measure
         await asyncio.sleep(2 * PIPELINE_TICK_S + 1.5)  # the scenario's last change reaches the page first
         before = json.loads(await cdp.eval(PRESS_JS))
         code = 3 if before["reason"] != STOP_CODES[3] else 4
         reason = STOP_CODES[code]
-        write = await force_plc_state(sim, "press-1", code, reason)
         # A stop is shown at once with its PLC reason. Its class settles when the engine can know it: a stop
         # shorter than microstop_threshold_s is a micro stop (OEE-SEMANTICS section 1), so the tile shows
         # "Micro stop" first and "Unplanned stop" once the stop has lasted the threshold.
         stopped = f"(() => {{ const p = JSON.parse({PRESS_JS}); return p && p.reason === {reason!r} && " \
                   "['micro_stop', 'unplanned_stop'].includes(p.state); })()"
         t0 = time.monotonic()
-        await write()
+        # The simulated PLC holds the stop (the scenario cannot overwrite it while we measure).
+        await sim.force_state("press-1", code, reason)
         # Wait well past the limit so a slow pipeline is reported with its figure, not as a bare timeout.
         await cdp.wait_for(stopped, timeout=10 * LIVE_LIMIT_S, poll=0.02)
         delay = time.monotonic() - t0
