@@ -24,6 +24,7 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/engine.py
 
 clean:

@@ -16,10 +16,20 @@ What the rows mean:
   open end). After a tick every window of every machine is a look-up. Samples/s = samples / all ticks.
   Pruning of old data (once a day of data) happens inside the stream when it is due and is counted.
   "same + advance all windows every tick" also runs `windows + aggregate` on every tick.
+- (a') service ticks: what the service does (service.py): validate samples as the bus is drained, 20 000
+  at a time, derive them once per tick and advance every window. A tick of N samples taking T seconds
+  means the service keeps up with N samples per T seconds of bus traffic.
+- floor: the one step every exact implementation needs -- grouping each series' samples (a counter's
+  increment needs the series' previous value): the key, one stable radix sort, gathering time and value,
+  over the whole batch and in chunks small enough to stay in the CPU cache. Nothing is derived; it is the
+  ceiling of any engine that does this step with NumPy.
 - (b) advance all windows: `now` moves on by 1 s and `timeline + windows + aggregate` evaluates every
   window (rolling, shift, day, hour) of every machine; steady state (cursors from earlier ticks).
 - peers: the same 4 rolling windows from the raw samples, each implementation from scratch; "vs engine"
-  is the ratio of its time to the engine's (one batch: ingest + derive + 4 rolling windows).
+  is the ratio of its time to the engine's (one batch: ingest + derive + 4 rolling windows). The compiled
+  peer (benchmarks/compiled_peer.py, numba, installed by `make bench`) is one loop over the samples in
+  arrival order: what a compiled kernel reaches on one core. It computes the 4 windows at one `now` and
+  keeps nothing for later windows, so it bounds a compiled engine from above.
 
 Data: a synthetic plant (one state table, a 24 h three-shift calendar in UTC with a 30 min break per
 shift, discrete machines with one product each) and columnar samples made with NumPy: state changes at
@@ -73,6 +83,10 @@ from oee_stream.engine.plant import (
     UNPLANNED_STOP,
 )
 from oee_stream.reference import reference_window
+
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+import compiled_peer
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_INGEST = 50e6  # samples/s on one core
@@ -580,6 +594,23 @@ def derive_profile(proto: Engine, b: Batch, now: float) -> dict[str, list[tuple[
     return out
 
 
+DRAIN = 20_000  # messages the service takes from the bus at a time (service.py)
+FLOOR_CHUNK = 1 << 16
+
+
+def grouping_floor(b: Batch, chunk: int) -> float:
+    """Key (machine, signal), stable radix sort, gather of time and value: per chunk of `chunk` samples."""
+    n_sig = int(b.s.max()) + 1
+    assert (int(b.m.max()) + 1) * n_sig <= 1 << 16, "the floor's one radix pass needs keys of 16 bits"
+    acc = 0.0
+    for lo in range(0, len(b), chunk):
+        sl = slice(lo, lo + chunk)
+        g = (b.m[sl] * n_sig + b.s[sl]).astype(np.uint16)
+        order = np.argsort(g, kind="stable")
+        acc += float(b.t[sl][order][-1] + b.v[sl][order][-1])  # keep the gathers from being skipped
+    return acc
+
+
 def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: Any | None) -> tuple[list[Row], dict]:
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -607,6 +638,12 @@ def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: An
         t_copy = sql_load(conn, b)
         t_sql, sk = best(lambda: sql_kpis(conn, n_machines=n_machines, cycle_times=cts, now=now, origin=origin), 1)
         agree["sql"] = max_diff(ek, sk)
+    t_nb = None
+    if compiled_peer.available() and not args.no_compiled:
+        compiled_peer.warmup()
+        t_nb, nk = best(lambda: compiled_peer.numba_kpis(b, n_machines=n_machines, cycle_times=cts, now=now,
+                                                         origin=origin), args.repeat)
+        agree["numba"] = max_diff(ek, nk)
     subset = sorted(set(np.linspace(0, n_machines - 1, min(args.reference, n_machines)).astype(int).tolist()))
     rk, t_ref, ref_calls = reference_kpis(plant, b, subset, now=now, origin=origin)
     agree["reference"] = max_diff({k: v[subset] for k, v in ek.items()}, rk)
@@ -637,6 +674,33 @@ def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: An
         ticks = math.ceil(n / bs)
         rows.append(Row(f"(a) ingest+derive, {ticks} batches of {bs}", n_machines, n, t_s,
                         note="target >= 50 M samples/s" if bs == min(args.batch[0], n) else ""))
+    # --- (a') the service's own rhythm: it validates samples as it drains the bus (DRAIN at a time) and
+    # derives them once per tick, advancing every window. A tick of N samples that takes T s means the
+    # service keeps up with N / T samples/s of bus traffic at one tick per T s (at most N/s with 1 s ticks).
+    def service(tick_n: int) -> Any:
+        def run(eng: Engine) -> Engine:
+            for lo in range(0, n, tick_n):
+                hi = min(lo + tick_n, n)
+                t_now = float(b.t[hi - 1]) + 1e-3 if hi < n else now
+                for d in range(lo, hi, DRAIN):
+                    sl = slice(d, min(d + DRAIN, hi))
+                    eng.ingest_arrays(b.m[sl], b.s[sl], b.t[sl], b.v[sl], b.q[sl], now=t_now)
+                eng.aggregate(eng.timeline(t_now), eng.windows(t_now))
+            return eng
+        return run
+
+    for tick_n in sorted({min(x, n) for x in args.tick}):
+        t_s, _ = best(service(tick_n), args.repeat, setup=lambda: fresh_engine(proto))
+        ticks = math.ceil(n / tick_n)
+        rows.append(Row(f"(a') service ticks of {tick_n}: drain+validate, derive, all windows", n_machines, n, t_s,
+                        note=f"{t_s / ticks * 1e3:.0f} ms per tick"))
+    # --- the floor: the one step no exact engine can skip is grouping each series' samples (a counter's
+    # increment needs its previous value, a state its next change). The minimum with NumPy: the key, one
+    # stable radix sort, gathering time and value; whole batch, and in chunks that stay in the CPU cache.
+    rows.append(Row("floor: group by series (radix sort+gather), one batch", n_machines, n,
+                    best(lambda: grouping_floor(b, n), args.repeat)[0], note="ceiling of a NumPy design"))
+    rows.append(Row(f"floor: the same in cache-sized chunks of {FLOOR_CHUNK}", n_machines, n,
+                    best(lambda: grouping_floor(b, FLOOR_CHUNK), args.repeat)[0], note="ceiling of a NumPy design"))
     bs0 = min(args.batch[0], n)
     t_sw, _ = best(stream(bs0, True), 1, setup=lambda: fresh_engine(proto))
     rows.append(Row(f"    same + advance all windows every tick ({math.ceil(n / bs0)})", n_machines, n, t_sw))
@@ -705,6 +769,9 @@ def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: An
     if t_sql is not None and t_copy is not None:
         rows.append(Row("PostgreSQL one query (lead/lag)", n_machines, n, t_sql, ratio_to=t_eng))
         rows.append(Row("  + COPY binary into temp table", n_machines, n, t_copy, ratio_to=t_eng))
+    if t_nb is not None:
+        rows.append(Row("compiled one-pass loop (numba; benchmark only)", n_machines, n, t_nb, ratio_to=t_eng,
+                        note="4 windows at one now, keeps no history"))
     per_call = t_ref / max(ref_calls, 1)
     rows.append(Row(f"reference_window, measured {ref_calls} machine-windows", n_machines,
                     int(n * len(subset) / n_machines), t_ref, note=f"{per_call * 1e3:.1f} ms per machine-window"))
@@ -750,8 +817,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[20_000, 2_000, 10**12],
                     help="samples per batch of the (a) stream; the first is the headline figure; a value "
                          "above the sample count means one batch")
+    ap.add_argument("--tick", type=int, nargs="+", default=[200_000, 1_000_000],
+                    help="samples per service tick in the (a') rows: drained and validated 20 000 at a time, "
+                         "derived once per tick with every window advanced")
     ap.add_argument("--reference", type=int, default=2, help="machines checked/timed with reference_window")
     ap.add_argument("--no-sql", action="store_true")
+    ap.add_argument("--no-compiled", action="store_true", help="skip the numba peer (also skipped without numba)")
     ap.add_argument("--results", action="store_true", help="also time Engine.results(now) (record formatting)")
     ap.add_argument("--results-max", type=int, default=10000)
     ap.add_argument("--profile", action="store_true", help="per-line wall time of Engine._derive")
@@ -766,6 +837,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = list(zip(args.machines, args.samples, strict=True))
     url = os.environ.get("OEE_BENCH_DATABASE_URL", DEFAULT_DB)
     conn = None if args.no_sql else sql_connect(url)
+    if not compiled_peer.available() and not args.no_compiled:
+        print("note: compiled (numba) peer skipped: numba is not installed (`make bench` installs it)")
     print(f"oee-stream engine benchmark: numpy {np.__version__}, python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus, best of {args.repeat}; SQL peer: {'off' if conn is None else url}")
     all_rows: list[Row] = []
