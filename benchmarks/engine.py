@@ -692,14 +692,14 @@ def run_size(n_machines: int, n_samples: int, args: argparse.Namespace, conn: An
     for tick_n in sorted({min(x, n) for x in args.tick}):
         t_s, _ = best(service(tick_n), args.repeat, setup=lambda: fresh_engine(proto))
         ticks = math.ceil(n / tick_n)
-        rows.append(Row(f"(a') service ticks of {tick_n}: drain+validate, derive, all windows", n_machines, n, t_s,
+        rows.append(Row(f"(a') service ticks of {tick_n} (+ all windows)", n_machines, n, t_s,
                         note=f"{t_s / ticks * 1e3:.0f} ms per tick"))
     # --- the floor: the one step no exact engine can skip is grouping each series' samples (a counter's
     # increment needs its previous value, a state its next change). The minimum with NumPy: the key, one
     # stable radix sort, gathering time and value; whole batch, and in chunks that stay in the CPU cache.
-    rows.append(Row("floor: group by series (radix sort+gather), one batch", n_machines, n,
+    rows.append(Row("floor: group by series (sort+gather), one batch", n_machines, n,
                     best(lambda: grouping_floor(b, n), args.repeat)[0], note="ceiling of a NumPy design"))
-    rows.append(Row(f"floor: the same in cache-sized chunks of {FLOOR_CHUNK}", n_machines, n,
+    rows.append(Row(f"floor: the same in chunks of {FLOOR_CHUNK} (in cache)", n_machines, n,
                     best(lambda: grouping_floor(b, FLOOR_CHUNK), args.repeat)[0], note="ceiling of a NumPy design"))
     bs0 = min(args.batch[0], n)
     t_sw, _ = best(stream(bs0, True), 1, setup=lambda: fresh_engine(proto))

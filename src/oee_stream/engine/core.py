@@ -449,6 +449,11 @@ class _Cursor:
     c_vals: F64  # (series, 2) cumulative values before x
     s_dirty: B
     c_dirty: B
+    # Time of the next row after the cursor (inf at a segment's end): a tick finds the cursors that move by
+    # one comparison instead of gathering every segment's next row. Valid while the epoch is unchanged; new
+    # rows can only change it where it was inf (at the end), cut rows mark the segment dirty.
+    s_next: F64 | None = None
+    c_next: F64 | None = None
     vals: F64 | None = None  # the point's values at the last tick (fixed instants only)
     epoch: int = -1  # Engine._epoch when the cursor last moved
     tail_id: int = -1  # the Timeline they were computed with
@@ -1766,31 +1771,39 @@ class Engine:
             c_moved = used
             s_moved = ms
         else:
-            s_old, c_old = cur.s_idx.copy(), cur.c_idx.copy()
             lim = sa.len - 1
-            s_idx = cur.s_idx
-            cand = np.arange(n_m, dtype=np.int64)
+            s_idx, c_idx = cur.s_idx, cur.c_idx
+            if cur.s_next is None or cur.c_next is None or cur.epoch != self._epoch:
+                self._next_times(cur)
+            assert cur.s_next is not None and cur.c_next is not None
+            s_moved = np.flatnonzero(cur.s_dirty | (cur.s_next <= x))
+            cand = s_moved[cur.s_next[s_moved] <= x]
             for _ in range(4):
-                mv = (s_idx[cand] < lim[cand]) & (sa.t[sa.start[cand] + np.minimum(s_idx[cand] + 1, lim[cand])] <= x)
-                cand = cand[mv]
                 if not len(cand):
                     break
                 s_idx[cand] += 1
+                nxt = np.minimum(s_idx[cand] + 1, lim[cand])
+                cand = cand[(s_idx[cand] < lim[cand]) & (sa.t[sa.start[cand] + nxt] <= x)]
             if len(cand):  # still moving after 4 rows: search
                 s_idx[cand] = sa.search(cand, np.full(len(cand), x), "right") - 1 - sa.start[cand]
-            c_idx = cur.c_idx
-            cand = np.flatnonzero(ca.len > c_idx)
+            if len(s_moved):
+                at = s_idx[s_moved]
+                cur.s_next[s_moved] = np.where(at < lim[s_moved],
+                                               sa.t[sa.start[s_moved] + np.minimum(at + 1, lim[s_moved])], np.inf)
+            c_moved = np.flatnonzero(cur.c_dirty | (cur.c_next < x))
+            cand = c_moved[cur.c_next[c_moved] < x]
             for _ in range(4):
-                mv = ca.t[ca.start[cand] + c_idx[cand]] < x
-                cand = cand[mv]
                 if not len(cand):
                     break
                 c_idx[cand] += 1
                 cand = cand[ca.len[cand] > c_idx[cand]]
+                cand = cand[ca.t[ca.start[cand] + c_idx[cand]] < x]
             if len(cand):
                 c_idx[cand] = ca.search(cand, np.full(len(cand), x), "left") - ca.start[cand]
-            s_moved = np.flatnonzero((s_idx != s_old) | cur.s_dirty)
-            c_moved = np.flatnonzero((c_idx != c_old) | cur.c_dirty)
+            if len(c_moved):
+                at = c_idx[c_moved]
+                clen = ca.len[c_moved]
+                cur.c_next[c_moved] = np.where(at < clen, ca.t[ca.start[c_moved] + np.minimum(at, clen - 1)], np.inf)
             if len(s_moved):
                 cur.s_rows[s_moved] = self._row_data(sa.start[s_moved] + s_idx[s_moved], s_moved)
             cur.x = x
@@ -1807,6 +1820,25 @@ class Engine:
         moved[s_moved] = True
         moved[c_moved // N_CTR] = True
         return sa.start + cur.s_idx, cur.s_rows, cur.c_vals, moved
+
+    def _next_times(self, cur: _Cursor) -> None:
+        """The cursor's next-row times: all of them (first use), or where rows may have come or changed since
+        (segments at their end, segments with cut rows)."""
+        sa, ca = self._sa, self._ca
+        if cur.s_next is None or cur.c_next is None:
+            cur.s_next = np.full(self.cp.n, np.inf)
+            cur.c_next = np.full(len(cur.c_idx), np.inf)
+            sm = np.arange(self.cp.n, dtype=np.int64)
+            cm = np.arange(len(cur.c_idx), dtype=np.int64)
+        else:
+            sm = np.flatnonzero(np.isinf(cur.s_next) | cur.s_dirty)
+            cm = np.flatnonzero(np.isinf(cur.c_next) | cur.c_dirty)
+        lim = sa.len[sm] - 1
+        at = cur.s_idx[sm]
+        cur.s_next[sm] = np.where(at < lim, sa.t[sa.start[sm] + np.clip(at + 1, 0, np.maximum(lim, 0))], np.inf)
+        clen = ca.len[cm]
+        at = cur.c_idx[cm]
+        cur.c_next[cm] = np.where(at < clen, ca.t[ca.start[cm] + np.clip(at, 0, np.maximum(clen - 1, 0))], np.inf)
 
     def _clamp_cursors(self, ms: I64) -> None:
         """Rows of these machines from their current lengths on were dropped (and may come back
