@@ -1905,7 +1905,12 @@ class Engine:
         b = np.flatnonzero(body)
         flat[base[b] + rows[b, N_CLASSES + 3].astype(np.int64)] += px[b] - rows[b, N_CLASSES + 4]
         tl_ = np.flatnonzero(~body)
-        if len(tl_):
+        if len(tl_) == n and idx is None and x >= tl.now:
+            # every machine at now (the "now" point): every tail piece counts whole; absent pieces sit at
+            # now with no length, so whole columns need no masks and no gathers
+            for j in range(N_TAIL):
+                flat[base + tl.tcT[j]] += tl.tpT[j + 1] - tl.tpT[j]
+        elif len(tl_):
             mt = tl_ if idx is None else idx[tl_]
             pxt = px[tl_]
             for j in range(N_TAIL):
@@ -2033,11 +2038,13 @@ class Engine:
             i_good = d[:, P_IDEAL_GOOD].copy() if derive else None
             startup = d[:, P_STARTUP]  # outside x: not overwritten below
             x = d[:, : fx.N_FEATURES]
-            x[:, UNKNOWN] += a - np.minimum(w.start, a)
+            early = np.flatnonzero(w.start < a)  # time before the engine's origin: unknown (as below)
+            if len(early):
+                x[early, UNKNOWN] += a[early] - w.start[early]
             x[:, fx.WINDOW] = w.end - w.start
             if good is not None and i_good is not None:
                 self._derived_counts(tl, w, x, good, i_good)
-            if startup.any():
+            if self._seen[:, STARTUP_REJECT].any() and startup.any():  # (a column of zeros otherwise)
                 self._startup_rejects(x, startup)
             return x
         b = np.clip(w.end, tl.origin, tl.now)
