@@ -1851,7 +1851,7 @@ class Engine:
             cur.s_dirty[ms] = True
             cur.c_dirty[cs] = True
 
-    def _point(self, tl: Timeline, key: tuple[Any, ...], out: F64) -> None:
+    def _point(self, tl: Timeline, key: tuple[Any, ...]) -> F64:
         """(machines, 7 + 1 + 2 * N_CTR): class seconds, stops and counters before one shared instant.
 
         A fixed instant (a window start, or the end of a closed window) keeps its values between ticks:
@@ -1867,23 +1867,27 @@ class Engine:
         x = min(max(x, tl.origin), tl.now)
         if x >= tl.now:  # everything derived is before now: the ends of the tables
             pos = tl.last_pos
+            out = np.empty((n_m, N_POINT))
             self._point_rows(tl, x, None, pos, self._row_data(pos, np.arange(n_m, dtype=np.int64)), self._cend, out)
-            return
+            return out
         pos, rows, cvals, moved = self._cursor(key, x)
         cur = self._cursors[key]
         if key[0] != "at" or cur.vals is None or cur.tail_id != tl.tail_id - 1:
+            out = np.empty((n_m, N_POINT))
             self._point_rows(tl, x, None, pos, rows, cvals, out)
         else:
+            # the last tick's values, updated in place where they can have changed (callers only read them)
+            out = cur.vals
             need = np.flatnonzero(moved | tl.tail_changed)
-            out[:] = cur.vals
             if len(need):
                 sub = np.empty((len(need), out.shape[1]))
                 self._point_rows(tl, x, need, pos[need], rows[need],
                                  cvals.reshape(n_m, N_CTR, 2)[need].reshape(-1, 2), sub)
                 out[need] = sub
         if key[0] == "at":
-            cur.vals = out.copy()
+            cur.vals = out
             cur.tail_id = tl.tail_id
+        return out
 
     def _point_rows(self, tl: Timeline, x: float, idx: I64 | None, pos: I64, rows: F64, cvals: F64,
                     out: F64) -> None:
@@ -2022,17 +2026,18 @@ class Engine:
         a = np.clip(w.start, tl.origin, tl.now)
         n = len(a)
         if w.points and w.a_pt is not None and w.b_pt is not None:
-            vals = np.empty((len(w.points), self.cp.n, N_POINT))
-            for p_i, key in enumerate(w.points):
-                self._point(tl, key, vals[p_i])
+            vals = [self._point(tl, key) for key in w.points]
+            stacked: F64 | None = None
             # point columns are the feature columns (plus good counters): one subtraction per block
             d = np.empty((n, N_POINT))
             for r0, r1, pa, pb in w.blocks or ((0, n, -1, -1),):
                 if pa >= 0 and r1 - r0 == self.cp.n:  # every machine in order: no gather
                     np.subtract(vals[pb], vals[pa], out=d[r0:r1])
                 else:
+                    if stacked is None:
+                        stacked = np.stack(vals)
                     mm_ = w.machine[r0:r1]
-                    d[r0:r1] = vals[w.b_pt[r0:r1], mm_] - vals[w.a_pt[r0:r1], mm_]
+                    d[r0:r1] = stacked[w.b_pt[r0:r1], mm_] - stacked[w.a_pt[r0:r1], mm_]
             derive = bool(tl.derive_reject.any() or tl.derive_total.any())
             good = d[:, P_GOOD].copy() if derive else None
             i_good = d[:, P_IDEAL_GOOD].copy() if derive else None
