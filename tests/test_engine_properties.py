@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from unittest.mock import patch
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oee_stream.bus import Sample
-from oee_stream.engine import Engine
+from oee_stream.engine import Engine, core
 from oee_stream.reference import reference_window
 from tests.engine_fixtures import plant
 
@@ -170,14 +172,19 @@ def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject,
     samples = samples + [Sample("m4", "total", T0 + t, i) for i, t in
                          enumerate(sorted(data.draw(st.lists(times, max_size=30, unique=True))))]
     now = T0 + HORIZON + 1
-    one = Engine(p)
+    with patch.object(core, "LOG_INITIAL", 4):  # tiny log: it drops its dead entries many times over
+        _incremental_equals_one_shot(p, samples, data, now)
+
+
+def _incremental_equals_one_shot(p: object, samples: list[Sample], data: st.DataObject, now: float) -> None:
+    one = Engine(p)  # type: ignore[arg-type]
     one.ingest(samples, now=now)
     # mostly in time order (as from the bus), with some samples held back and delivered late
     order = sorted(range(len(samples)), key=lambda i: samples[i].ts)
     held = data.draw(st.sets(st.sampled_from(order), max_size=8)) if order else set()
     stream = [i for i in order if i not in held] + sorted(held)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
-    inc = Engine(p)
+    inc = Engine(p)  # type: ignore[arg-type]
     inc.origin = one.origin
     prev = 0
     pairs = []
@@ -186,7 +193,7 @@ def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject,
         prev = c
         at = T0 + HORIZON * (k + 1) / (len(cuts) + 2)
         if data.draw(st.booleans()):  # the same moment, computed from scratch
-            fresh = Engine(p)
+            fresh = Engine(p)  # type: ignore[arg-type]
             fresh.origin = one.origin
             fresh.ingest([samples[i] for i in stream[:c]], now=now)
             pairs.append((inc.results(at), fresh.results(at)))
@@ -246,3 +253,109 @@ def test_pruning_while_streaming_equals_one_batch(samples: list[Sample], n_ticks
         for key in ("total", "reject", "oee", "stops", "state", "reason", "product"):
             got_v, exp_v = getattr(r, key), getattr(o, key)
             assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+
+
+def test_polled_signals_repeats_leave_the_log_and_change_nothing() -> None:
+    """PLCs polled every second repeat their state codes and counters: the engine keeps only the samples
+    that change something (and each series' newest) in its log, and still computes exactly what an engine
+    given everything at once computes -- also after late samples make it re-derive from that log."""
+    rng = np.random.default_rng(3)
+    p = plant(machines=MACHINES, shifts=SHIFTS, policies={"allowed_lateness_s": 600})
+    secs = np.arange(0.0, 2 * 3600.0)
+    samples: list[Sample] = []
+    for mi, m in enumerate(("m1", "m2")):
+        state = np.repeat(rng.choice([0, 1, 1, 1, 2, 3], 40), 180)[: len(secs)]  # a change every 3 min
+        total = np.cumsum((state == 1) & (rng.random(len(secs)) < 0.7)) + 1000 * mi
+        reject = np.cumsum(rng.random(len(secs)) < 0.01)
+        for k, t in enumerate(secs):
+            ts = T0 + 6 * 3600 + t + 0.1 * mi
+            samples += [Sample(m, "state", ts, int(state[k])), Sample(m, "total", ts, int(total[k])),
+                        Sample(m, "reject", ts, int(reject[k]))]
+    samples += [Sample("m3", "run", T0 + 6 * 3600 + t, bool((t // 300) % 2)) for t in secs[::2]]
+    now = T0 + 6 * 3600 + secs[-1] + 1
+    one = Engine(p)
+    one.ingest(samples, now=now)
+    stream = sorted(samples, key=lambda x: x.ts)
+    held = set(rng.choice(len(stream), 8, replace=False).tolist())  # each delivered >= 60 s late
+    waiting = sorted(held)
+    with patch.object(core, "LOG_INITIAL", 64):
+        inc = Engine(p)
+    inc.origin = one.origin
+    step = 1300  # ~200 s of samples per tick: a held sample is at most ~260 s late (allowed: 600 s)
+    for lo in range(0, len(stream), step):
+        hi = min(lo + step, len(stream))
+        due = [i for i in waiting if stream[i].ts + 60 <= stream[lo].ts]
+        waiting = [i for i in waiting if stream[i].ts + 60 > stream[lo].ts]
+        inc.ingest([stream[i] for i in range(lo, hi) if i not in held] + [stream[i] for i in due],
+                   now=stream[hi - 1].ts + 1)
+        inc.results(stream[hi - 1].ts + 1)
+    inc.ingest([stream[i] for i in waiting], now=now)
+    assert inc.stats.late_dropped == 0 and inc.stats.rederived_machines > 0
+    assert inc._log.n < 0.5 * len(samples), (inc._log.n, len(samples))  # repeats left the log
+    got, exp = inc.results(now), one.results(now)
+    got += inc.range_results(now, ["m1", "m2", "m3"], [T0 + 6.5 * 3600] * 3, [now - 600] * 3)
+    exp += one.range_results(now, ["m1", "m2", "m3"], [T0 + 6.5 * 3600] * 3, [now - 600] * 3)
+    assert len(got) == len(exp)
+    for r, o in zip(got, exp, strict=True):
+        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
+        for cls, sec in o.seconds.items():
+            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
+        for key in ("total", "reject", "oee", "stops", "state", "reason", "state_since"):
+            got_v, exp_v = getattr(r, key), getattr(o, key)
+            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+    assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
+
+
+@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(samples=streams(), data=st.data())
+def test_settled_repeats_leave_the_log_without_changing_results(samples: list[Sample], data: st.DataObject) -> None:
+    """A stream delivered tick by tick with a short allowed lateness: repeats settle and leave the (tiny)
+    log while late samples still make machines re-derive from it and a connector restart cuts a gap into
+    m1; the results equal those of an engine given everything at once."""
+    lateness = 300.0
+    p = plant(machines=MACHINES, shifts=SHIFTS, policies={"allowed_lateness_s": lateness})
+    now = T0 + HORIZON + 1
+    a, b = sorted(data.draw(st.tuples(times, times)))
+    gap = (T0 + a, T0 + max(b, a + 1))
+    stream = sorted(samples, key=lambda x: x.ts)
+    held = data.draw(st.sets(st.sampled_from(range(len(stream))), max_size=6)) if stream else set()
+    one = Engine(p)
+    for state, ts, session in (("online", T0, "s1"), ("offline", gap[0], ""), ("online", gap[1], "s2")):
+        one.connector_status(["m1"], state, ts, session)
+    one.ingest(samples, now=now)
+    with patch.object(core, "LOG_INITIAL", 4):
+        inc = Engine(p)
+    inc.origin = one.origin
+    inc.connector_status(["m1"], "online", T0, "s1")
+    status = [("offline", gap[0], ""), ("online", gap[1], "s2")]
+    tick = 90.0
+    waiting: list[int] = []
+    k = 0
+    for lo in np.arange(T0, now + tick, tick):
+        hi = lo + tick
+        while status and status[0][1] < hi:  # the connector's status messages, in their tick
+            state, ts, session = status.pop(0)
+            inc.connector_status(["m1"], state, ts, session)
+        batch = []
+        while k < len(stream) and stream[k].ts < hi:
+            (waiting if k in held else batch).append(k)
+            k += 1
+        due = [i for i in waiting if stream[i].ts < lo - 30]  # held back by 30-120 s: late, not too late
+        waiting = [i for i in waiting if i not in due]
+        inc.ingest([stream[i] for i in batch + due], now=min(hi, now))
+        inc.timeline(min(hi, now))
+    inc.ingest([stream[i] for i in waiting], now=now)
+    assert inc.stats.late_dropped == 0
+    got, exp = inc.results(now), one.results(now)
+    got += inc.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
+    exp += one.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
+    assert len(got) == len(exp)
+    for r, o in zip(got, exp, strict=True):
+        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
+        for cls, sec in o.seconds.items():
+            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
+        for key in ("total", "reject", "oee", "stops", "state", "reason", "state_since", "product"):
+            got_v, exp_v = getattr(r, key), getattr(o, key)
+            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+    assert inc.state_intervals(now, T0) == one.state_intervals(now, T0)

@@ -508,29 +508,55 @@ class _CalendarCache:
         return out
 
 
+LOG_INITIAL = 1024  # entries; tests make it small so that the log compacts often
+
+
 class _Log:
-    """Every accepted, deduplicated sample, append-only, in arrival order (read back to re-derive)."""
+    """Every accepted, deduplicated sample, append-only, in arrival order (read back to re-derive).
+
+    `rep` marks entries that repeat their series' previous value and are not the series' newest (see
+    `Engine._log_batch`); once no late sample can land before them any more, the engine drops them when
+    the log would otherwise grow."""
 
     def __init__(self) -> None:
         self.n = 0
-        self.m = np.empty(1024, np.int64)
-        self.s = np.empty(1024, np.int8)
-        self.t = np.empty(1024)
-        self.v = np.empty(1024)
-        self.q = np.empty(1024, np.int8)
+        self.m = np.empty(LOG_INITIAL, np.int64)
+        self.s = np.empty(LOG_INITIAL, np.int8)
+        self.t = np.empty(LOG_INITIAL)
+        self.v = np.empty(LOG_INITIAL)
+        self.q = np.empty(LOG_INITIAL, np.int8)
+        self.rep = np.zeros(LOG_INITIAL, np.bool_)
 
-    def append(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> None:
+    def full(self, k: int) -> bool:
+        return self.n + k > len(self.t)
+
+    def append(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> int:
+        """Append; returns where the new entries start."""
         k = len(t)
-        if self.n + k > len(self.t):
+        if self.full(k):
             new = max(2 * len(self.t), self.n + k)
-            for name in ("m", "s", "t", "v", "q"):
+            for name in ("m", "s", "t", "v", "q", "rep"):
                 arr = getattr(self, name)
-                out = np.empty(new, arr.dtype)
+                out = np.zeros(new, arr.dtype) if name == "rep" else np.empty(new, arr.dtype)
                 out[: self.n] = arr[: self.n]
                 setattr(self, name, out)
-        sl = slice(self.n, self.n + k)
+        start = self.n
+        sl = slice(start, start + k)
         self.m[sl], self.s[sl], self.t[sl], self.v[sl], self.q[sl] = m, s, t, v, q
+        self.rep[sl] = False
         self.n += k
+        return start
+
+    def drop(self, gone: B) -> I64:
+        """Remove the entries `gone`; returns every old entry's new position (-1: removed)."""
+        live = ~gone
+        moved: I64 = np.where(live, np.cumsum(live) - 1, -1)
+        idx = np.flatnonzero(live)
+        for name in ("m", "s", "t", "v", "q", "rep"):
+            arr = getattr(self, name)
+            arr[: len(idx)] = arr[idx]
+        self.n = len(idx)
+        return moved
 
     def view(self) -> tuple[I64, I8, F64, F64, I8]:
         n = self.n
@@ -641,6 +667,11 @@ class Engine:
     def _reset_derived(self) -> None:
         n = self.cp.n
         self._log = _Log()
+        # Where each series' last sample sits in the log and whether it repeats the one before (then it can
+        # be dropped from the log once a newer sample follows it); -1: unknown (log rewritten, re-derived).
+        self._log_pos = np.full(n * N_SIGNALS, -1, np.int64)
+        self._log_rep = np.zeros(n * N_SIGNALS, np.bool_)
+        self._last_gap_t = np.full(n, -np.inf)  # latest connector gap row derived per machine
         self._derived_now = -np.inf
         self._ready = False  # arenas exist (they need the origin)
         self.frontier = np.full(n, -np.inf)  # newest derived sample time per machine (any signal)
@@ -1029,8 +1060,84 @@ class Engine:
             self.stats.duplicates += int(dup.sum())
             keep = ~dup
             m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
-        self._log.append(m, s, t, v, q)
+        m, s, t, v, q = self._log_batch(m, s, t, v, q)
         self._derive(m, s, t, v, q)
+
+    @property
+    def _drop_repeats_on(self) -> bool:
+        # A repeated sample changes no derived row, but its time would count for `stale_after_s` if `now`
+        # ever went back to before it (`_rebuild_all`): with that policy every sample is kept.
+        return self.policies.stale_after_s is None
+
+    def _log_append(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> int:
+        log = self._log
+        if self._drop_repeats_on and log.full(len(t)):
+            # Settled repeats go before the log grows: no sample older than a machine's newest minus
+            # allowed_lateness_s is accepted any more, so nothing can come between them and their series'
+            # previous sample (a first sample of a new series can, but it is another series).
+            n = log.n
+            gone = log.rep[:n] & (log.t[:n] < self.watermark[log.m[:n]] - self.policies.allowed_lateness_s)
+            if int(gone.sum()) * 8 >= n:
+                moved = log.drop(gone)
+                at = np.flatnonzero(self._log_pos >= 0)
+                self._log_pos[at] = moved[self._log_pos[at]]
+        return log.append(m, s, t, v, q)
+
+    def _forget_repeats(self, ms: I64, since: F64) -> None:
+        """Machines re-derived because of samples from `since` on: a late sample may now sit between a repeat
+        and the sample it repeated, so marks from then on go (older ones stay repeats)."""
+        if not len(ms):
+            return
+        frm = np.full(self.cp.n, np.inf)
+        frm[ms] = since
+        n = self._log.n
+        self._log.rep[:n] &= self._log.t[:n] < frm[self._log.m[:n]]
+        self._log_pos.reshape(-1, N_SIGNALS)[ms] = -1
+
+    def _log_batch(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> Cols:
+        """Log the batch (sorted by series, newer than what was derived) and return the samples that need
+        deriving: all but those that repeat their series' previous value and quality and are not its
+        newest in the batch.
+
+        PLCs polled every second mostly repeat themselves: a state code or a reject counter stays the same
+        for minutes. Such a sample adds no derived row (a repeated state merges into the row before, a
+        repeated counter value counts nothing). It is logged and marked; once settled (older than the
+        machine's newest sample minus allowed_lateness_s) it leaves the log, because re-deriving without
+        it then gives the same rows. A series' newest sample is kept (duplicates are judged against it);
+        when a newer one arrives, the old newest is marked if it was a repeat."""
+        n = len(t)
+        if n == 0 or not self._drop_repeats_on:
+            self._log_append(m, s, t, v, q)
+            return m, s, t, v, q
+        g = m * N_SIGNALS + s.astype(np.int64)
+        first = np.ones(n, np.bool_)
+        first[1:] = g[1:] != g[:-1]
+        last = np.ones(n, np.bool_)
+        last[:-1] = first[1:]
+        fi = np.flatnonzero(first)
+        gf = g[fi]
+        pv, pq, pt = _shift1(v), _shift1(q), _shift1(t)
+        pv[fi] = self._last_v.ravel()[gf]
+        pq[fi] = self._last_q.ravel()[gf]
+        pt[fi] = self._last_t.ravel()[gf]
+        # A connector gap row between a sample and the one it repeats makes it a change again (it ends the
+        # unknown time): no repeats across the machine's latest gap row, none for machines with one here.
+        rep = (v == pv) & (q == pq) & (s != GAP) & (pt > self._last_gap_t[m])
+        gap = s == GAP
+        if gap.any():
+            rep &= ~np.isin(m, m[gap])
+        p = self._log_pos[gf]
+        self._log.rep[p[(p >= 0) & self._log_rep[gf]]] = True
+        start = self._log_append(m, s, t, v, q)
+        inner = rep & ~last
+        self._log.rep[start + np.flatnonzero(inner)] = True
+        li = np.flatnonzero(last)
+        self._log_pos[g[li]] = start + li
+        self._log_rep[g[li]] = rep[li]
+        if not inner.any():
+            return m, s, t, v, q
+        keep = ~inner
+        return m[keep], s[keep], t[keep], v[keep], q[keep]
 
     def _rederive(self, redo: I64, mark: B, new: Cols) -> None:
         """Forget what was derived for `redo` and derive those machines again from their log plus `new`."""
@@ -1049,7 +1156,10 @@ class Engine:
         dup = _dup_mask(m, s, t, v, q)  # only new rows can repeat an earlier one: the log has none
         self.stats.duplicates += int(dup.sum())
         add = (src == 1) & ~dup
-        self._log.append(m[add], s[add], t[add], v[add], q[add])
+        since = np.full(self.cp.n, np.inf)
+        np.minimum.at(since, new[0], new[2])
+        self._forget_repeats(redo, since[redo])
+        self._log_append(m[add], s[add], t[add], v[add], q[add])
         keep = ~dup
         m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
         self._forget(redo)
@@ -1104,6 +1214,7 @@ class Engine:
             keep[oi[order[last]]] = True
             t_new = np.where(old, new_origin, lt)
             self._log.replace(lm[keep].copy(), ls[keep].copy(), t_new[keep], lv[keep].copy(), lq[keep].copy())
+            self._log_pos[:] = -1
         cp = self.cp
         n_m = cp.n
         sa, ca = self._sa, self._ca
@@ -1170,6 +1281,7 @@ class Engine:
             due = ~fut
             m, s, t, v, q = m[due], s[due], t[due], v[due], q[due]
         self._log.replace(m, s, t, v, q)
+        self._log_pos[:] = -1
         self._derived_now = now
         self._derive(m, s, t, v, q)
 
@@ -1286,6 +1398,7 @@ class Engine:
             reason[bad] = R_BAD
         gap = ss == GAP
         if gap.any():
+            np.maximum.at(self._last_gap_t, sm[gap], st[gap])
             cls[gap] = UNKNOWN
             reason[gap] = np.where(sv[gap] == RESUME, R_OFFLINE, sv[gap]).astype(np.int64)
         # 1: a real state sample, 2: a RESUME row (takes the class of the latest real sample before it)
