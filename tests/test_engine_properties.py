@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from oee_stream.bus import Sample
 from oee_stream.engine import Engine, core
+from oee_stream.engine.result import KpiResult
 from oee_stream.reference import reference_window
 from tests.engine_fixtures import plant
 
@@ -72,6 +73,18 @@ def _close(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _same_results(got: list[KpiResult], exp: list[KpiResult], keys: tuple[str, ...]) -> None:
+    """Two lists of KpiResult equal: the same windows, seconds per class and `keys` (floats to 1e-9)."""
+    assert len(got) == len(exp)
+    for r, o in zip(got, exp, strict=True):
+        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
+        for cls, sec in o.seconds.items():
+            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
+        for key in keys:
+            got_v, exp_v = getattr(r, key), getattr(o, key)
+            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -245,14 +258,7 @@ def test_pruning_while_streaming_equals_one_batch(samples: list[Sample], n_ticks
     a = max(inc.origin, T0 + min(cut, HORIZON - 1))
     got += inc.range_results(now, ["m1", "m2", "m3"], [a] * 3, [now] * 3)
     exp += one.range_results(now, ["m1", "m2", "m3"], [a] * 3, [now] * 3)
-    assert len(got) == len(exp)
-    for r, o in zip(got, exp, strict=True):
-        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
-        for cls, sec in o.seconds.items():
-            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
-        for key in ("total", "reject", "oee", "stops", "state", "reason", "product"):
-            got_v, exp_v = getattr(r, key), getattr(o, key)
-            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+    _same_results(got, exp, ("total", "reject", "oee", "stops", "state", "reason", "product"))
 
 
 def test_polled_signals_repeats_leave_the_log_and_change_nothing() -> None:
@@ -295,14 +301,7 @@ def test_polled_signals_repeats_leave_the_log_and_change_nothing() -> None:
     got, exp = inc.results(now), one.results(now)
     got += inc.range_results(now, ["m1", "m2", "m3"], [T0 + 6.5 * 3600] * 3, [now - 600] * 3)
     exp += one.range_results(now, ["m1", "m2", "m3"], [T0 + 6.5 * 3600] * 3, [now - 600] * 3)
-    assert len(got) == len(exp)
-    for r, o in zip(got, exp, strict=True):
-        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
-        for cls, sec in o.seconds.items():
-            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
-        for key in ("total", "reject", "oee", "stops", "state", "reason", "state_since"):
-            got_v, exp_v = getattr(r, key), getattr(o, key)
-            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+    _same_results(got, exp, ("total", "reject", "oee", "stops", "state", "reason", "state_since"))
     assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
 
 
@@ -350,12 +349,5 @@ def test_settled_repeats_leave_the_log_without_changing_results(samples: list[Sa
     got, exp = inc.results(now), one.results(now)
     got += inc.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
     exp += one.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
-    assert len(got) == len(exp)
-    for r, o in zip(got, exp, strict=True):
-        assert (r.entity, r.window, r.start) == (o.entity, o.window, o.start)
-        for cls, sec in o.seconds.items():
-            assert _close(r.seconds[cls], sec), (r.entity, r.window, cls, r.seconds, o.seconds)
-        for key in ("total", "reject", "oee", "stops", "state", "reason", "state_since", "product"):
-            got_v, exp_v = getattr(r, key), getattr(o, key)
-            assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
+    _same_results(got, exp, ("total", "reject", "oee", "stops", "state", "reason", "state_since", "product"))
     assert inc.state_intervals(now, T0) == one.state_intervals(now, T0)
