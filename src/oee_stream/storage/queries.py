@@ -240,26 +240,10 @@ async def latest_results(
     return out
 
 
-_OPEN_STATES = """
-SELECT e.machine_id, s.time_class, s.reason, s.start_time
-FROM unnest(%s::text[]) AS e(machine_id)
-CROSS JOIN LATERAL (
-    SELECT time_class, reason, start_time, end_time
-    FROM state_intervals
-    WHERE machine_id = e.machine_id
-    ORDER BY start_time DESC
-    LIMIT 1
-) AS s
-WHERE s.end_time IS NULL
-"""
-
-
 async def open_states(conn: psycopg.AsyncConnection[Any], machines: Sequence[str]) -> dict[str, CurrentState]:
-    """The open state interval (end_time NULL) of each machine that has one."""
-    if not machines:
-        return {}
-    cur = await conn.execute(_OPEN_STATES, (list(machines),))
-    return {m: CurrentState(tc, reason, since) for m, tc, reason, since in await cur.fetchall()}
+    """The open state interval (end_time NULL) of each machine that has one: its newest interval, if open."""
+    return {m: CurrentState(tc, reason, since)
+            for m, since, end, tc, reason in await latest_intervals(conn, machines) if end is None}
 
 
 async def hourly_payloads(
@@ -447,7 +431,7 @@ CROSS JOIN LATERAL (
 
 async def latest_intervals(conn: psycopg.AsyncConnection[Any], machines: Sequence[str]) -> list[tuple[Any, ...]]:
     """The newest state interval of each machine (open or not), as
-    (machine_id, start_time, end_time, time_class, reason); `open_states` keeps those with no end."""
+    (machine_id, start_time, end_time, time_class, reason)."""
     if not machines:
         return []
     cur = await conn.execute(_LATEST_INTERVALS, (list(machines),))
