@@ -122,10 +122,15 @@ def pct_field(**extra: Any) -> dict[str, Any]:
     return d
 
 
-def coloured_kpi_columns() -> list[dict[str, Any]]:
-    """Table columns OEE, A, P and Q as percentages coloured by the OEE thresholds."""
-    return [override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
+def kpi_table(pid: int, title: str, pos: dict[str, int], sql: str, description: str, *,
+              before: tuple[dict[str, Any], ...] = (), after: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A table with columns OEE, A, P and Q as percentages coloured by the OEE thresholds, then Coverage."""
+    kpis = [override(k, unit="percentunit", decimals=1, custom__cellOptions={"type": "color-text"},
                      thresholds=pct_field()["thresholds"]) for k in ("OEE", "Availability", "Performance", "Quality")]
+    return panel(pid, title, "table", pos, [target(sql)], description=description,
+                 defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
+                 overrides=[*before, *kpis, override("Coverage", unit="percentunit", decimals=1), *after],
+                 options={"showHeader": True, "cellHeight": "md"})
 
 
 def override(name: str, **props: Any) -> dict[str, Any]:
@@ -281,20 +286,14 @@ ORDER BY ln.ord
                  "showPercentChange": False},
         overrides=[override("State", displayName="${__data.fields.Machine}")],
     )
-    table_now = panel(
-        2, "Machines now: current shift", "table", grid(0, 11, 24, 8), [target(now_sql)],
-        description="State, reason and time in state now; OEE, A, P, Q and coverage of the current shift from "
-                    "its time-class seconds and counts; current speed against the ideal of the running product.",
-        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
-        overrides=[
-            override("State", mappings=state_mappings(), custom__cellOptions={"type": "color-background"}),
-            *coloured_kpi_columns(),
-            override("Coverage", unit="percentunit", decimals=1),
-            override("Speed vs ideal", unit="percentunit", decimals=0,
-                     custom__cellOptions={"type": "gauge", "mode": "basic"}, max=1.2, min=0),
-            override("Since", unit="dateTimeFromNow"),
-        ],
-        options={"showHeader": True, "cellHeight": "md"},
+    table_now = kpi_table(
+        2, "Machines now: current shift", grid(0, 11, 24, 8), now_sql,
+        "State, reason and time in state now; OEE, A, P, Q and coverage of the current shift from "
+        "its time-class seconds and counts; current speed against the ideal of the running product.",
+        before=(override("State", mappings=state_mappings(), custom__cellOptions={"type": "color-background"}),),
+        after=(override("Speed vs ideal", unit="percentunit", decimals=0,
+                        custom__cellOptions={"type": "gauge", "mode": "basic"}, max=1.2, min=0),
+               override("Since", unit="dateTimeFromNow")),
     )
     oee_range = panel(
         3, "OEE over the selected range", "stat", grid(0, 19, 12, 7), [target(range_sql)],
@@ -317,16 +316,10 @@ ORDER BY ln.ord
         defaults=pct_field(),
         options={**OEE_TILES}, overrides=[override("OEE", displayName="${__data.fields.Line}")],
     )
-    line_shift = panel(
-        7, "Lines: current shift", "table", grid(10, 5, 14, 6), [target(line_shift_sql)],
-        description="OEE, A, P, Q and coverage of each line's current shift, from the line's time-class seconds and "
-                    "counts; \"Line OEE of\" names the constraint machine the line's figures come from.",
-        defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
-        overrides=[
-            *coloured_kpi_columns(),
-            override("Coverage", unit="percentunit", decimals=1),
-        ],
-        options={"showHeader": True, "cellHeight": "md"},
+    line_shift = kpi_table(
+        7, "Lines: current shift", grid(10, 5, 14, 6), line_shift_sql,
+        "OEE, A, P, Q and coverage of each line's current shift, from the line's time-class seconds and "
+        "counts; \"Line OEE of\" names the constraint machine the line's figures come from.",
     )
     trend = panel(
         5, "OEE per hour", "timeseries", grid(0, 26, 24, 8), [target(trend_sql, "time_series")],
