@@ -351,3 +351,33 @@ def test_settled_repeats_leave_the_log_without_changing_results(samples: list[Sa
     exp += one.range_results(now, ["m1", "m2", "m3"], [T0] * 3, [now] * 3)
     _same_results(got, exp, ("total", "reject", "oee", "stops", "state", "reason", "state_since", "product"))
     assert inc.state_intervals(now, T0) == one.state_intervals(now, T0)
+
+
+@pytest.mark.parametrize("hold_view", [False, True])
+def test_arena_growth_keeps_rows_in_place_or_copied(hold_view: bool) -> None:
+    """The arena grows its arrays in place when nothing else refers to them and copies them otherwise;
+    either way every segment keeps its rows and the keys stay sorted."""
+    a = core._Arena(3, 1000.0, 0.0, {"cum": (np.float64, 2), "flag": (np.int8, 1)}, init_cap=2)
+    rng = np.random.default_rng(7)
+    expect: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    held, held_vals = None, None
+    for step in range(12):
+        seg = np.sort(rng.integers(0, 3, 40))
+        t = np.concatenate([np.sort(rng.uniform(step * 10.0, step * 10.0 + 9.0, int((seg == k).sum())))
+                            for k in range(3)])
+        a.append(seg, t, cum=np.stack([t, -t], axis=1), flag=(seg % 2).astype(np.int8))
+        for k in range(3):
+            expect[k].extend(t[seg == k].tolist())
+        if hold_view and held is None:
+            held = a.t[: int(a.size)]
+            held_vals = held.copy()
+    for k in range(3):
+        rows = slice(int(a.start[k]), int(a.start[k] + a.len[k]))
+        assert a.t[rows].tolist() == expect[k]
+        assert a.cols["cum"][rows, 1].tolist() == [-x for x in expect[k]]
+        assert (a.cols["flag"][rows] == k % 2).all()
+    assert np.all(np.diff(a.key[: a.size]) >= 0)
+    if hold_view:
+        assert held is not None and held_vals is not None
+        assert held.base is not a.t  # growth copied the array instead of resizing it under the view
+        assert np.array_equal(held, held_vals)

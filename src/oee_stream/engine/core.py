@@ -290,6 +290,18 @@ def _seg_cumsum(vals: F64, first: B, init: F64) -> F64:
     return out
 
 
+def _resized(arr: npt.NDArray[Any], n: int, keep: int) -> npt.NDArray[Any]:
+    """`arr` with n rows, its first `keep` rows kept and the new ones zero; in place when nothing else
+    refers to it."""
+    try:
+        arr.resize((n, *arr.shape[1:]), refcheck=True)
+        return arr
+    except ValueError:  # referenced elsewhere (a view, another name): copy
+        out = np.zeros((n, *arr.shape[1:]), arr.dtype)
+        out[:keep] = arr[:keep]
+        return out
+
+
 class _Arena:
     """Growable per-segment row storage, one set of arrays, globally sorted by `key`.
 
@@ -325,15 +337,12 @@ class _Arena:
         if need <= alloc:
             return
         new = max(need, alloc * 2)
-        for name in ("key", "t"):
-            arr = getattr(self, name)
-            out = np.empty(new)
-            out[: self.size] = arr[: self.size]
-            setattr(self, name, out)
-        for name, arr in self.cols.items():
-            out = np.zeros((new, *arr.shape[1:]), arr.dtype)
-            out[: self.size] = arr[: self.size]
-            self.cols[name] = out
+        # Resized in place where nothing else refers to the array: realloc remaps the rows already written
+        # instead of copying them, and old and new never coexist (no transient doubling of the arena).
+        self.key = _resized(self.__dict__.pop("key"), new, self.size)
+        self.t = _resized(self.__dict__.pop("t"), new, self.size)
+        for name in list(self.cols):
+            self.cols[name] = _resized(self.cols.pop(name), new, self.size)
 
     def _rekey(self, seg: I64, cap: I64, start0: int, live: I64) -> None:
         """Keys of segments `seg` laid out one after the other from `start0` with room `cap`; `live`: the
