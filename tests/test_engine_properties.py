@@ -360,9 +360,9 @@ def test_arena_growth_keeps_rows_in_place_or_copied(hold_view: bool) -> None:
     a = core._Arena(3, 1000.0, 0.0, {"cum": (np.float64, 2), "flag": (np.int8, 1)}, init_cap=2)
     rng = np.random.default_rng(7)
     expect: dict[int, list[float]] = {0: [], 1: [], 2: []}
-    held, held_vals = None, None
-    for step in range(12):
-        seg = np.sort(rng.integers(0, 3, 40))
+    held, held_vals, live = None, None, np.zeros(0, np.int64)
+    for step in range(40):
+        seg = np.sort(rng.integers(0, 3, 60))
         t = np.concatenate([np.sort(rng.uniform(step * 10.0, step * 10.0 + 9.0, int((seg == k).sum())))
                             for k in range(3)])
         a.append(seg, t, cum=np.stack([t, -t], axis=1), flag=(seg % 2).astype(np.int8))
@@ -370,14 +370,16 @@ def test_arena_growth_keeps_rows_in_place_or_copied(hold_view: bool) -> None:
             expect[k].extend(t[seg == k].tolist())
         if hold_view and held is None:
             held = a.t[: int(a.size)]
-            held_vals = held.copy()
+            live = core._ranges(a.start, a.len)
+            held_vals = held[live].copy()
     for k in range(3):
         rows = slice(int(a.start[k]), int(a.start[k] + a.len[k]))
         assert a.t[rows].tolist() == expect[k]
         assert a.cols["cum"][rows, 1].tolist() == [-x for x in expect[k]]
         assert (a.cols["flag"][rows] == k % 2).all()
     assert np.all(np.diff(a.key[: a.size]) >= 0)
+    assert len(a.t) > 1024  # the arrays did grow
     if hold_view:
         assert held is not None and held_vals is not None
         assert held.base is not a.t  # growth copied the array instead of resizing it under the view
-        assert np.array_equal(held, held_vals)
+        assert np.array_equal(held[live], held_vals)  # the view reads valid memory with the old rows
