@@ -48,8 +48,12 @@ async def audit(conn: psycopg.AsyncConnection[Any], actor: str, action: str, tar
 
 
 async def _locked(conn: psycopg.AsyncConnection[Any], machine: str, start: datetime) -> dict[str, Any]:
+    # The row is locked by an UPDATE that changes nothing rather than SELECT ... FOR UPDATE: TimescaleDB
+    # documents UPDATE on compressed chunks (2.11+), not row locks, and an event edited weeks later sits
+    # in a compressed chunk. RETURNING gives the row as it is, i.e. the old values for the audit log.
     cur = await conn.execute(
-        f"SELECT {', '.join(_COLS)} FROM state_intervals WHERE machine_id = %s AND start_time = %s FOR UPDATE",
+        f"UPDATE state_intervals SET comment = comment WHERE machine_id = %s AND start_time = %s "
+        f"RETURNING {', '.join(_COLS)}",
         (machine, start))
     r = await cur.fetchone()
     if r is None:

@@ -5,8 +5,10 @@ transaction-scoped advisory lock, applies the missing versions in order inside o
 records them in `schema_migrations`. A failure rolls everything back, so a half-migrated schema is
 never left behind.
 
-With TimescaleDB 2.x (2.13 or newer, for the `by_range` dimension API) `samples`, `state_intervals`
-and `oee_results` become hypertables with compression, retention and continuous aggregates. Without
+With TimescaleDB 2.x (2.13 or newer, for the `by_range` dimension API; the Timescale License build,
+since Apache-only builds lack compression and continuous aggregates) `samples`, `state_intervals` and
+`oee_results` become hypertables with compression, retention and continuous aggregates, which every
+start refreshes over all time (`refresh_rollups`: late or old rows the policies' window misses). Without
 it the same tables are ordinary PostgreSQL tables with ordinary indexes, and the roll-up relations are
 plain views with the same names and columns, so dashboards work on both.
 """
@@ -14,6 +16,7 @@ plain views with the same names and columns, so dashboards work on both.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -389,10 +392,39 @@ def detect_flavor(conn: psycopg.Connection) -> Flavor:
     if _parse_version(version) < (2, 13):
         log.warning("timescaledb_too_old", version=version, needed="2.13")
         return "postgresql"
+    # Apache-only builds (the "-oss" packages) refuse compression and continuous aggregates ("functionality
+    # not supported under the current apache license"): migration 1 would fail and the service not start.
+    lic = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+    if lic is not None and lic[0] == "apache":
+        log.warning("timescaledb_apache_only", version=version,
+                    why="compression and continuous aggregates need the Timescale License (community) build")
+        return "postgresql"
     return "timescaledb"
 
 
-def _ensure_roles(conn: psycopg.Connection) -> list[str]:
+# Continuous aggregates are created WITH NO DATA (a refresh cannot run in the migration's transaction) and
+# their policies only refresh the last days: hours older than that which were never materialized -- history
+# from before migration 2, results written late after a long outage -- would be missing below the
+# real-time part. A refresh over all time up to the policies' end_offset catches them; it only works on
+# invalidated and never-materialized buckets, so on a current database it is quick.
+CONTINUOUS_AGGREGATES: tuple[str, ...] = ("oee_hourly", "oee_daily", "samples_hourly")
+
+
+def refresh_rollups(conn: psycopg.Connection) -> None:
+    """Materialize what the continuous aggregates lack (TimescaleDB; autocommit, outside a transaction)."""
+    for view in CONTINUOUS_AGGREGATES:
+        started = time.monotonic()
+        try:
+            conn.execute(sql.SQL("CALL refresh_continuous_aggregate({}, NULL, now() - INTERVAL '1 hour')").format(
+                sql.Literal(view)))
+        except psycopg.Error as exc:  # e.g. not the owner: the policies still refresh the recent days
+            log.warning("continuous_aggregate_refresh_failed", view=view,
+                        error=str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        log.info("continuous_aggregate_refreshed", view=view, seconds=round(time.monotonic() - started, 3))
+
+
+def _ensure_roles(conn: psycopg.Connection, flavor: Flavor = "postgresql") -> list[str]:
     """Create the NOLOGIN group roles and grant them; skip quietly where the user may not.
 
     Roles are cluster-wide and several databases may migrate at once (tests, blue/green), so a
@@ -435,6 +467,12 @@ def _ensure_roles(conn: psycopg.Connection) -> list[str]:
                 )
                 for stmt in grants[role]:
                     conn.execute(stmt)
+                if flavor == "timescaledb":
+                    # Named on each continuous aggregate so the grant reaches its materialization hypertable
+                    # too (an ALL TABLES grant covers only the view: "permission denied for table
+                    # _materialized_hypertable_N").
+                    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+                        sql.SQL(", ").join(sql.Identifier(v) for v in CONTINUOUS_AGGREGATES), sql.Identifier(role)))
             done.append(role)
         except (pg_errors.InsufficientPrivilege, pg_errors.UndefinedObject) as exc:
             log.info("role_grant_skipped", role=role, error=str(exc).strip().splitlines()[0])
@@ -495,7 +533,9 @@ def migrate(
                 )
                 applied.append(m.version)
                 log.info("migration_applied", version=m.version, name=m.name, flavor=flavor)
-            roles = _ensure_roles(conn)
+            roles = _ensure_roles(conn, flavor)
+        if flavor == "timescaledb":
+            refresh_rollups(conn)
     current = max([*done, *applied], default=0)
     return MigrationReport(flavor=flavor, applied=applied, current=current, roles=roles)
 

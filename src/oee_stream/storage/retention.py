@@ -6,8 +6,10 @@ On plain PostgreSQL there are no policies: `retention_loop` runs in the service 
 than the horizon, table by table, in batches (short transactions, no long locks, autovacuum keeps up),
 counted in `oee_retention_deleted_rows_total{table}` and logged.
 
-Open state intervals (`end_time IS NULL`: the machine is in that state now) are never deleted, however
-old their start: the current state of a machine is not history.
+On plain PostgreSQL, open state intervals (`end_time IS NULL`: the machine is in that state now) are
+never deleted, however old their start: the current state of a machine is not history. A TimescaleDB
+policy drops whole chunks and cannot spare a row, so there an interval still open after the history
+horizon (730 days by default) goes with its chunk.
 """
 
 from __future__ import annotations
