@@ -312,13 +312,26 @@ def test_settled_repeats_leave_the_log_without_changing_results(samples: list[Sa
     """A stream delivered tick by tick with a short allowed lateness: repeats settle and leave the (tiny)
     log while late samples still make machines re-derive from it and a connector restart cuts a gap into
     m1; the results equal those of an engine given everything at once."""
+    a, b = sorted(data.draw(st.tuples(times, times)))
+    stream = sorted(samples, key=lambda x: x.ts)
+    held = data.draw(st.sets(st.sampled_from(range(len(stream))), max_size=6)) if stream else set()
+    _settled_repeats_case(samples, (T0 + a, T0 + max(b, a + 1)), held)
+
+
+def test_repeats_during_a_connector_outage_stay_until_it_ends() -> None:
+    """Found by the property test above: m1's connector goes offline at T0 and comes back as a new session
+    an hour later. The state sample at T0 + 1 repeats the one at T0, but the gap row dated T0 (it only
+    arrives with the new session) makes it a change again, so it must not have left the log meanwhile."""
+    samples = [Sample(machine="m1", signal="state", ts=T0 + dt, value=0, quality="good") for dt in (0, 1, 3601)]
+    samples += [Sample(machine="m3", signal="run", ts=T0 + dt, value=False, quality="good") for dt in (0, 1)]
+    _settled_repeats_case(samples, (T0, T0 + 3690), set())
+
+
+def _settled_repeats_case(samples: list[Sample], gap: tuple[float, float], held: set[int]) -> None:
     lateness = 300.0
     p = plant(machines=MACHINES, shifts=SHIFTS, policies={"allowed_lateness_s": lateness})
     now = T0 + HORIZON + 1
-    a, b = sorted(data.draw(st.tuples(times, times)))
-    gap = (T0 + a, T0 + max(b, a + 1))
     stream = sorted(samples, key=lambda x: x.ts)
-    held = data.draw(st.sets(st.sampled_from(range(len(stream))), max_size=6)) if stream else set()
     one = Engine(p)
     for state, ts, session in (("online", T0, "s1"), ("offline", gap[0], ""), ("online", gap[1], "s2")):
         one.connector_status(["m1"], state, ts, session)

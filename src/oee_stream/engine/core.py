@@ -1084,8 +1084,13 @@ class Engine:
             # Settled repeats go before the log grows: no sample older than a machine's newest minus
             # allowed_lateness_s is accepted any more, so nothing can come between them and their series'
             # previous sample (a first sample of a new series can, but it is another series).
+            # Not while the machine's connector is offline either: should it come back as a new session,
+            # the gap rows are dated from the offline moment, however long ago, and a repeat after that
+            # moment is a change again (it ends the unknown time).
             n = log.n
-            gone = log.rep[:n] & (log.t[:n] < self.watermark[log.m[:n]] - self.policies.allowed_lateness_s)
+            lm, lt = log.m[:n], log.t[:n]
+            gone = log.rep[:n] & (lt < self.watermark[lm] - self.policies.allowed_lateness_s) & ~(
+                lt >= self.offline_since[lm])
             if int(gone.sum()) * 8 >= n:
                 moved = log.drop(gone)
                 at = np.flatnonzero(self._log_pos >= 0)
