@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from oee_stream.connectors import (
     load_connectors,
     parse_connector,
 )
+from oee_stream.connectors.config import ConfigReport, check_config_files
 from oee_stream.connectors.envsubst import EnvSubstError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,8 +150,7 @@ def test_unknown_kind_lists_allowed_kinds() -> None:
 
 def test_unknown_key_names_file_and_field() -> None:
     msg = error_of(opcua(publish_interval=100), "connectors/ua.yaml")
-    assert msg.startswith("connectors/ua.yaml: invalid configuration")
-    assert "publish_interval: unknown key" in msg
+    assert msg == "connectors/ua.yaml: publish_interval: unknown key; did you mean 'publishing_interval_ms'?"
 
 
 def test_bad_security_policy_names_allowed_values() -> None:
@@ -317,3 +318,190 @@ def test_every_connector_key_is_documented() -> None:
             if f"`{key}`" not in doc:
                 missing.append(f"{model.__name__}.{key}")
     assert not missing, f"undocumented connector keys: {missing}"
+
+
+# ------------------------------------------------------------------------------------------ check-config
+
+
+def check(tmp_path: Path, *files: tuple[str, Any], plant: Path = PLANT) -> ConfigReport:
+    """check-config's entry point on a folder holding `files` (name, data or raw text)."""
+    folder = tmp_path / "conn"
+    folder.mkdir(exist_ok=True)
+    for name, data in files:
+        if isinstance(data, str):
+            (folder / name).write_text(data)
+        else:
+            write(folder, name, data)
+    return check_config_files(plant, folder, env={})
+
+
+def demo_files() -> list[tuple[str, Any]]:
+    return [(f.name, yaml.safe_load(f.read_text())) for f in sorted((REPO / "connectors").glob("*.yaml"))]
+
+
+def test_modbus_register_span_must_end_at_65535() -> None:
+    def reg(address: int, type_: str, **more: Any) -> dict[str, Any]:
+        return modbus(registers=[{"machine": "furnace-1", "signal": "t", "address": address, "type": type_, **more}])
+
+    assert error_of(reg(65535, "float32"), "mb.yaml") == (
+        "mb.yaml: registers.0.address: float32 at 65535 needs 2 registers, up to 65536, past the last address "
+        "65535; the highest address for float32 is 65534")
+    assert "the highest address for float64 is 65532" in error_of(reg(65533, "float64"))
+    for ok in (reg(65534, "float32"), reg(65532, "float64"), reg(65535, "uint16"), reg(65535, "bit", bit=15)):
+        parse_connector(ok, env={})
+
+
+def test_one_based_register_numbers_warn(tmp_path: Path) -> None:
+    mb = modbus(registers=[
+        {"machine": "furnace-1", "signal": "state", "address": 40001},
+        {"machine": "furnace-1", "signal": "total", "register": "input", "address": 30005, "type": "float32"},
+        {"machine": "furnace-1", "signal": "run", "register": "coil", "address": 40001, "type": "bool"},
+        {"machine": "furnace-1", "signal": "reject", "address": 39999},
+    ])
+    report = check(tmp_path, ("mb.yaml", mb))
+    src = tmp_path / "conn" / "mb.yaml"
+    assert report.ok
+    assert [w for w in report.warnings if ".address" in w] == [
+        f"{src}: registers.0.address: 40001 looks like a 1-based register number (4xxxx); `address` is the "
+        "0-based protocol address, here probably 0",
+        f"{src}: registers.1.address: 30005 looks like a 1-based register number (3xxxx); `address` is the "
+        "0-based protocol address, here probably 4",
+    ]
+
+
+def secured(**over: Any) -> dict[str, Any]:
+    return opcua(**{"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
+                    "certificate": "pki/client.der", "private_key": "pki/client.pem",
+                    "server_certificate": "/nonexistent/server.der", **over})
+
+
+def test_certificate_files_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths are opened from the working directory, like asyncua does
+    report = check(tmp_path, ("ua.yaml", secured()))
+    src = tmp_path / "conn" / "ua.yaml"
+    assert report.errors == [
+        f"{src}: certificate: 'pki/client.der' does not exist (relative to the working directory {tmp_path})",
+        f"{src}: private_key: 'pki/client.pem' does not exist (relative to the working directory {tmp_path})",
+        f"{src}: server_certificate: '/nonexistent/server.der' does not exist",
+    ]
+    with pytest.raises(ConfigError, match=re.escape("certificate: 'pki/client.der' does not exist")):
+        check_connectors(load_plant(PLANT), load_connectors(src, env={}))  # `run` refuses to start too
+    (tmp_path / "pki").mkdir()
+    for name in ("client.der", "client.pem", "server.der"):
+        (tmp_path / "pki" / name).write_bytes(b"x")
+    report = check(tmp_path, ("ua.yaml", secured(server_certificate=str(tmp_path / "pki"))))
+    assert report.errors == [f"{src}: server_certificate: '{tmp_path / 'pki'}' is a folder, not a file"]
+    assert check(tmp_path, ("ua.yaml", secured(server_certificate="pki/server.der"))).errors == []
+
+
+def test_certificates_without_security_are_reported_unused(tmp_path: Path) -> None:
+    report = check(tmp_path, ("ua.yaml", opcua(certificate="nope.der")))
+    assert report.errors == []
+    assert report.warnings[0] == f"{tmp_path / 'conn' / 'ua.yaml'}: certificate: not used, because security_policy is 'None'"
+
+
+def test_misspelt_engine_signals_warn_other_names_do_not(tmp_path: Path) -> None:
+    ua = opcua(nodes=[
+        {"node_id": "ns=2;s=a", "machine": "press-1", "signal": "State"},
+        {"node_id": "ns=2;s=b", "machine": "press-1", "signal": "totl"},
+        {"node_id": "ns=2;s=c", "machine": "press-1", "signal": "oil_temperature"},
+        {"node_id": "ns=2;s=d", "machine": "press-1", "signal": "status"},
+    ])
+    report = check(tmp_path, ("ua.yaml", ua))
+    src = tmp_path / "conn" / "ua.yaml"
+    engine = "(state, run, total, reject, input, product, good, startup_reject)"
+    assert report.ok
+    assert [w for w in report.warnings if ".signal" in w] == [
+        f"{src}: nodes.0.signal: 'State' is not an engine signal {engine}; did you mean 'state'? "
+        "(other names are stored but not used for KPIs)",
+        f"{src}: nodes.1.signal: 'totl' is not an engine signal {engine}; did you mean 'total'? "
+        "(other names are stored but not used for KPIs)",
+    ]
+
+
+def test_machines_without_their_state_signal_warn(tmp_path: Path) -> None:
+    files = [f for f in demo_files() if f[0] != "modbus-demo.yaml"]
+    report = check(tmp_path, *files)
+    assert report.ok
+    assert report.warnings == [
+        f"{PLANT}: lines.1.machines.0: machine 'furnace-1' has no connector producing 'state' (needed by "
+        "state_source: state_code); its time will be unknown"]
+
+
+def test_state_source_signal_follows_the_machine(tmp_path: Path) -> None:
+    text = PLANT.read_text()
+    plant = tmp_path / "plant.yaml"
+    plant.write_text(text.replace("state_table: press\n", "state_table: press\n        state_source: run_bit\n")
+                     .replace("state_table: caster\n", "state_source: counts\n"))
+    report = check(tmp_path, *demo_files(), plant=plant)
+    assert report.ok
+    assert report.warnings == [  # caster-1 (counts) has its `total`
+        f"{plant}: lines.0.machines.0: machine 'press-1' has no connector producing 'run' (needed by "
+        "state_source: run_bit); its time will be unknown; it does get 'state': did you mean state_source: state_code?"]
+
+
+def test_no_coverage_warnings_while_a_connector_file_is_broken(tmp_path: Path) -> None:
+    report = check(tmp_path, ("opcua-demo.yaml", demo_files()[1][1]), ("modbus-demo.yaml", "kind: modbus\nid: [\n"))
+    assert len(report.errors) == 1 and report.errors[0].startswith(f"{tmp_path / 'conn' / 'modbus-demo.yaml'}:3:1: not valid YAML")
+    assert report.warnings == []
+
+
+def test_connector_files_in_any_case_are_loaded(tmp_path: Path) -> None:
+    (name_a, a), (name_b, b) = demo_files()
+    report = check(tmp_path, (name_a.replace(".yaml", ".YAML"), a), (name_b.replace(".yaml", ".Yml"), b),
+                   ("notes.txt", "not a connector"))
+    assert report.ok and report.warnings == []
+    assert [f.name for f in report.connector_files] == ["modbus-demo.YAML", "opcua-demo.Yml"]
+
+
+def test_missing_and_empty_connector_folders(tmp_path: Path) -> None:
+    report = check_config_files(PLANT, tmp_path / "connectorz", env={})
+    assert report.errors == [f"{tmp_path / 'connectorz'}: no such folder"]
+    with pytest.raises(ConfigError, match="no such folder"):
+        load_connectors(tmp_path / "connectorz", env={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_connectors(tmp_path / "ua.yaml", env={})
+    report = check(tmp_path)
+    assert report.ok
+    assert report.warnings == [f"{tmp_path / 'conn'}: no connector files (*.yaml, *.yml); no machine gets data"]
+
+
+def test_every_problem_in_every_connector_file(tmp_path: Path) -> None:
+    report = check(
+        tmp_path,
+        ("a.yaml", opcua(endpoint="${EP}", username="${USER}", timeout_s=0, nodes=[
+            {"node_id": "ns=2;s=a", "machine": "press-9", "signal": "state"}])),
+        ("b.yaml", "kind: modbus\nid: b\nid: c\n"),
+        ("c.yaml", ""),
+        ("d.yaml", modbus(kind="modbuss")),
+        ("e.yaml", modbus(site="alu-work", registers=[{"machine": "presss-1", "signal": "state", "address": 0}])),
+    )
+    conn = tmp_path / "conn"
+    assert report.errors == [
+        f"{conn / 'a.yaml'}: endpoint: environment variable EP is not set (give a default: ${{EP:-value}})",
+        f"{conn / 'a.yaml'}: username: environment variable USER is not set (give a default: ${{USER:-value}})",
+        f"{conn / 'b.yaml'}: id: defined twice (lines 2, 3); YAML would keep only the last",
+        f"{conn / 'b.yaml'}: site: required field is missing",
+        f"{conn / 'b.yaml'}: controller: required field is missing",
+        f"{conn / 'c.yaml'}: the file is empty; expected a connector definition (a mapping with kind, id, site, ...)",
+        f"{conn / 'd.yaml'}: kind: 'modbuss' is not a connector kind; allowed: ['modbus', 'opcua']; did you mean 'modbus'?",
+        f"{conn / 'e.yaml'}: site: 'alu-work' is not the plant's site; allowed: ['alu-works']",
+        f"{conn / 'e.yaml'}: registers.0.machine: 'presss-1' is not a machine of the plant; allowed: "
+        "['caster-1', 'furnace-1', 'press-1']; did you mean 'press-1'?",
+    ]
+
+
+def test_model_checks_report_all_their_problems() -> None:
+    msg = error_of(opcua(security_policy="Basic256Sha256", username="u", reconnect_initial_s=5, reconnect_max_s=1),
+                   "ua.yaml")
+    assert msg.splitlines() == [
+        "6 problems:",
+        "  ua.yaml: reconnect_max_s: 1.0 is less than reconnect_initial_s (5.0); it must be >= it",
+        "  ua.yaml: security_mode: security_policy 'Basic256Sha256' and security_mode 'None' do not fit: both 'None', "
+        "or a policy (Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss) with a mode (Sign|SignAndEncrypt)",
+        "  ua.yaml: certificate: security_policy 'Basic256Sha256' needs certificate and private_key",
+        "  ua.yaml: private_key: security_policy 'Basic256Sha256' needs certificate and private_key",
+        "  ua.yaml: server_certificate: security_policy 'Basic256Sha256' needs the server's certificate (exported "
+        "from the server, DER or PEM); it is pinned, never trusted on first use",
+        "  ua.yaml: password: give both username and password, or neither",
+    ]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from oee_stream.bus import MqttSettings, Sample
 from oee_stream.connectors import (
@@ -300,9 +301,10 @@ async def test_broker_outage_and_connector_restart_lose_nothing(mqtt_broker: Any
 
 def test_demo_connector_files_accept_publish_block(tmp_path: Path) -> None:
     for f in (ROOT / "connectors").glob("*.yaml"):
-        text = f.read_text() + "publish:\n  buffer: disk\n  spool_dir: " + str(tmp_path / f.stem) + "\n"
+        data = yaml.safe_load(f.read_text())
+        data["publish"] = {**data.get("publish", {}), "buffer": "disk", "spool_dir": str(tmp_path / f.stem)}
         p = tmp_path / f.name
-        p.write_text(text)
+        p.write_text(yaml.safe_dump(data, sort_keys=False))
         from oee_stream.connectors import load_connectors
 
         (cfg,) = load_connectors(p, env=dict(os.environ))

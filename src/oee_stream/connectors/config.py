@@ -7,7 +7,7 @@ container can point a connector at another endpoint without editing the file.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -23,9 +23,19 @@ from pydantic import (
     model_validator,
 )
 
-from oee_stream.config import ConfigError, Plant, format_validation_error, read_yaml
+from oee_stream.config import (
+    ConfigError,
+    FieldPath,
+    FieldProblems,
+    Plant,
+    did_you_mean,
+    load_plant_file,
+    load_yaml,
+    plant_warnings,
+    validation_problems,
+)
 from oee_stream.connectors.envsubst import EnvSubstError, expand_tree
-from oee_stream.connectors.modbus_codec import ByteOrder, DataType
+from oee_stream.connectors.modbus_codec import ByteOrder, DataType, register_count
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 # a topic segment: no MQTT wildcards or separators, and not starting with "_" (reserved for _status etc.)
@@ -84,17 +94,26 @@ class _ConnectorBase(_Strict):
     def machines(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m for _, m, _ in self.signal_refs()))
 
+    def _kind_problems(self) -> list[tuple[FieldPath, str]]:
+        """The checks of one connector kind (one validator for all, so that every problem is reported)."""
+        return []
+
     @model_validator(mode="after")
-    def _unique_signals(self) -> _ConnectorBase:
+    def _check_connector(self) -> _ConnectorBase:
+        problems: list[tuple[FieldPath, str]] = []
         seen: dict[tuple[str, str], str] = {}
         for where, machine, signal in self.signal_refs():
             if (machine, signal) in seen:
-                raise ValueError(
-                    f"{where}: machine {machine!r} signal {signal!r} is already produced by {seen[machine, signal]}"
-                )
-            seen[machine, signal] = where
+                problems.append(((where,), f"machine {machine!r} signal {signal!r} is already produced by "
+                                           f"{seen[machine, signal]}"))
+            else:
+                seen[machine, signal] = where
         if self.reconnect_max_s < self.reconnect_initial_s:
-            raise ValueError("reconnect_max_s: must be >= reconnect_initial_s")
+            problems.append((("reconnect_max_s",), f"{self.reconnect_max_s} is less than reconnect_initial_s "
+                                                   f"({self.reconnect_initial_s}); it must be >= it"))
+        problems += self._kind_problems()
+        if problems:
+            raise FieldProblems(problems)
         return self
 
 
@@ -173,25 +192,29 @@ class OpcUaConfig(_ConnectorBase):
             raise ValueError(f"{v!r} is not an OPC UA endpoint; expected opc.tcp://host:port/path")
         return v
 
-    @model_validator(mode="after")
-    def _check(self) -> OpcUaConfig:
+    def _kind_problems(self) -> list[tuple[FieldPath, str]]:
+        problems: list[tuple[FieldPath, str]] = []
         if not self.nodes and not self.node_groups:
-            raise ValueError("nodes: no nodes to read; give `nodes` and/or `node_groups`")
+            problems.append((("nodes",), "no nodes to read; give `nodes` and/or `node_groups`"))
         if (self.security_policy == "None") != (self.security_mode == "None"):
-            raise ValueError(
-                f"security_mode: security_policy {self.security_policy!r} and security_mode {self.security_mode!r} do not fit: "
-                "both 'None', or a policy (Basic256Sha256|Aes128_Sha256_RsaOaep|Aes256_Sha256_RsaPss) "
-                "with a mode (Sign|SignAndEncrypt)"
-            )
-        if self.security_policy != "None" and (self.certificate is None or self.private_key is None):
-            raise ValueError(f"certificate: security_policy {self.security_policy!r} needs certificate and private_key")
-        if self.security_policy != "None" and self.server_certificate is None:
-            # Taking whatever certificate the endpoint offers (trust on first use) would let an impostor in.
-            raise ValueError(f"server_certificate: security_policy {self.security_policy!r} needs the server's "
-                             "certificate (exported from the server, DER or PEM); it is pinned, never trusted on first use")
+            problems.append((("security_mode",),
+                             f"security_policy {self.security_policy!r} and security_mode {self.security_mode!r} do "
+                             "not fit: both 'None', or a policy (Basic256Sha256|Aes128_Sha256_RsaOaep|"
+                             "Aes256_Sha256_RsaPss) with a mode (Sign|SignAndEncrypt)"))
+        if self.security_policy != "None":
+            for key in ("certificate", "private_key"):
+                if getattr(self, key) is None:
+                    problems.append(((key,), f"security_policy {self.security_policy!r} needs certificate and "
+                                             "private_key"))
+            if self.server_certificate is None:
+                # Taking whatever certificate the endpoint offers (trust on first use) would let an impostor in.
+                problems.append((("server_certificate",),
+                                 f"security_policy {self.security_policy!r} needs the server's certificate "
+                                 "(exported from the server, DER or PEM); it is pinned, never trusted on first use"))
         if (self.username is None) != (self.password is None):
-            raise ValueError("password: give both username and password, or neither")
-        return self
+            problems.append((("password" if self.password is None else "username",),
+                             "give both username and password, or neither"))
+        return problems
 
     def signal_refs(self) -> list[tuple[str, str, str]]:
         refs = [(f"nodes.{i}", n.machine, n.signal) for i, n in enumerate(self.nodes)]
@@ -241,14 +264,23 @@ class ModbusRegister(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ModbusRegister:
+        problems: list[tuple[FieldPath, str]] = []
         if self.register_kind in ("coil", "discrete") and self.type != "bool":
-            raise ValueError(f"type: register {self.register_kind!r} holds single bits: type must be 'bool', got {self.type!r}")
+            problems.append((("type",), f"register {self.register_kind!r} holds single bits: type must be 'bool', "
+                                        f"got {self.type!r}"))
         if self.type == "bit" and self.bit is None:
-            raise ValueError("bit: type 'bit' needs `bit` (0..15, 0 = least significant)")
+            problems.append((("bit",), "type 'bit' needs `bit` (0..15, 0 = least significant)"))
         if self.bit is not None and self.type != "bit":
-            raise ValueError(f"bit: only allowed with type 'bit', not {self.type!r}")
+            problems.append((("bit",), f"only allowed with type 'bit', not {self.type!r}"))
         if self.type in ("bool", "bit") and (self.scale != 1.0 or self.offset != 0.0):
-            raise ValueError(f"scale: scale/offset make no sense for type {self.type!r}")
+            problems.append((("scale",), f"scale/offset make no sense for type {self.type!r}"))
+        n = register_count(self.type)
+        if self.address + n - 1 > 65535:
+            problems.append((("address",), f"{self.type} at {self.address} needs {n} registers, up to "
+                                           f"{self.address + n - 1}, past the last address 65535; the highest "
+                                           f"address for {self.type} is {65536 - n}"))
+        if problems:
+            raise FieldProblems(problems)
         return self
 
 
@@ -292,16 +324,15 @@ class ModbusConfig(_ConnectorBase):
             raise ValueError(f"{v!r}: {exc}") from exc
         return v
 
-    @model_validator(mode="after")
-    def _check(self) -> ModbusConfig:
+    def _kind_problems(self) -> list[tuple[FieldPath, str]]:
+        problems: list[tuple[FieldPath, str]] = []
         if not self.registers and not self.groups:
-            raise ValueError("registers: no registers to read; give `registers` and/or `groups`")
+            problems.append((("registers",), "no registers to read; give `registers` and/or `groups`"))
         scheme_mode = "RTUoverTCP" if urlparse(self.controller).scheme == "rtu-over-tcp" else "TCP"
         if self.transmission_mode not in ("auto", scheme_mode):
-            raise ValueError(
-                f"transmission_mode: {self.transmission_mode!r} contradicts controller {self.controller!r}"
-            )
-        return self
+            problems.append((("transmission_mode",), f"{self.transmission_mode!r} contradicts controller "
+                                                     f"{self.controller!r}; use 'auto' or {scheme_mode!r}"))
+        return problems
 
     @property
     def host(self) -> str:
@@ -345,26 +376,89 @@ def register_config_kind(kind: str, model: type[_ConnectorBase]) -> None:
     CONFIG_KINDS[kind] = model
 
 
-def parse_connector(data: Any, source: Path | str = "<connector>",
-                    env: Mapping[str, str] | None = None) -> _ConnectorBase:
-    """Validate one connector definition (a parsed YAML mapping); errors name the source and field."""
+def validate_connector(data: Any, source: Path | str = "<connector>",
+                       env: Mapping[str, str] | None = None) -> tuple[_ConnectorBase | None, list[str]]:
+    """(config, []) or (None, every problem found), each problem naming the source and the field."""
+    if data is None:
+        return None, [f"{source}: the file is empty; expected a connector definition "
+                      f"(a mapping with kind, id, site, ...)"]
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        return None, [f"{source}: expected a mapping (key: value) at the top level, got "
+                      f"{'a list' if isinstance(data, list) else repr(data)}"]
     try:
         data = expand_tree(data, env)
     except EnvSubstError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        return None, [f"{source}: {p}" for p in exc.problems]
     kind = data.get("kind")
+    kinds = sorted(CONFIG_KINDS)
     if kind is None:
-        raise ConfigError(f"{source}: kind: required field is missing; allowed: {sorted(CONFIG_KINDS)}")
-    if kind not in CONFIG_KINDS:
-        raise ConfigError(f"{source}: kind: {kind!r} is not a connector kind; allowed: {sorted(CONFIG_KINDS)}")
+        return None, [f"{source}: kind: required field is missing; allowed: {kinds}"]
+    if not isinstance(kind, str) or kind not in CONFIG_KINDS:
+        best = did_you_mean(str(kind), kinds)
+        hint = f"; did you mean {best!r}?" if best else ""
+        return None, [f"{source}: kind: {kind!r} is not a connector kind; allowed: {kinds}{hint}"]
+    model = CONFIG_KINDS[kind]
     try:
-        cfg = CONFIG_KINDS[kind].model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        return None, validation_problems(source, exc, model)
     cfg._source = Path(source)
+    return cfg, []
+
+
+def parse_connector(data: Any, source: Path | str = "<connector>",
+                    env: Mapping[str, str] | None = None) -> _ConnectorBase:
+    """Validate one connector definition (a parsed YAML mapping); errors name the source and field."""
+    cfg, problems = validate_connector(data, source, env)
+    if cfg is None:
+        raise ConfigError(*problems)
     return cfg
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def connector_files(paths: Path | str | Sequence[Path | str]) -> tuple[list[Path], list[str]]:
+    """The connector files to load and the paths that do not exist.
+
+    A folder means every ``*.yaml`` / ``*.yml`` in it, sorted by name; the extension's case does not
+    matter (`line1.YAML` from a Windows editor is meant as a connector file too).
+    """
+    items = [paths] if isinstance(paths, Path | str) else list(paths)
+    files: list[Path] = []
+    problems: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in YAML_SUFFIXES and f.is_file())
+        elif p.exists() or p.suffix.lower() in YAML_SUFFIXES:
+            files.append(p)
+        else:
+            problems.append(f"{p}: no such folder")
+    return files, problems
+
+
+def _load_connector_files(files: Sequence[Path], env: Mapping[str, str] | None
+                          ) -> tuple[list[_ConnectorBase], list[str]]:
+    configs: list[_ConnectorBase] = []
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
+    for f in files:
+        try:
+            data, found = load_yaml(f)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        cfg, more = validate_connector(data, f, env)
+        problems += found + more
+        if cfg is None or found:
+            continue
+        if cfg.id in seen:
+            problems.append(f"{f}: id: connector id {cfg.id!r} is already used by {seen[cfg.id]}")
+            continue
+        seen[cfg.id] = f
+        configs.append(cfg)
+    return configs, problems
 
 
 def load_connectors(
@@ -373,49 +467,186 @@ def load_connectors(
     """Load connector files. A directory means every ``*.yaml`` / ``*.yml`` in it (sorted by name).
 
     Returns the validated configs (`OpcUaConfig`, `ModbusConfig`, or a plugin's model); raises ConfigError
-    naming file and field. Connector ids must be unique over all files.
+    listing every problem of every file, each naming file and field. Connector ids must be unique over all
+    files.
     """
-    items = [paths] if isinstance(paths, Path | str) else list(paths)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
-        else:
-            files.append(p)
-    configs: list[Any] = []
-    seen: dict[str, Path] = {}
-    for f in files:
-        cfg = parse_connector(read_yaml(f), f, env)
-        if cfg.id in seen:
-            raise ConfigError(f"{f}: id: connector id {cfg.id!r} is already used by {seen[cfg.id]}")
-        seen[cfg.id] = f
-        configs.append(cfg)
+    files, problems = connector_files(paths)
+    configs, more = _load_connector_files(files, env)
+    if problems or more:
+        raise ConfigError(*problems, *more)
     return configs
 
 
+# -------------------------------------------------------------------------------------- cross-checks
+
+# Modbus manuals number registers from 1 with the table's prefix (40001 = holding register 0).
+_REGISTER_NUMBER_BASE = {"holding": 40001, "input": 30001, "discrete": 10001}
+# The signals a machine's state comes from, by its state_source (the engine's meaning, engine/plant.py).
+_STATE_SIGNAL = {"state_code": "state", "run_bit": "run", "counts": "total"}
+
+
+def _src(cfg: _ConnectorBase) -> str:
+    return str(cfg.source) if cfg.source is not None else f"connector {cfg.id}"
+
+
+def _file_findings(cfg: _ConnectorBase) -> tuple[list[str], list[str]]:
+    """Problems of one connector that need the file system or are only suspicious, not invalid."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    src = _src(cfg)
+    if isinstance(cfg, OpcUaConfig):
+        for key in ("certificate", "private_key", "server_certificate"):
+            value = getattr(cfg, key)
+            if value is None:
+                continue
+            if cfg.security_policy == "None":
+                warnings.append(f"{src}: {key}: not used, because security_policy is 'None'")
+                continue
+            path = Path(value)
+            if not path.is_file():
+                # asyncua and the pinning check open the path as given, i.e. from the working directory.
+                where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+                what = "is a folder, not a file" if path.is_dir() else "does not exist"
+                errors.append(f"{src}: {key}: {value!r} {what}{where}")
+    if isinstance(cfg, ModbusConfig):
+        regs = [(f"registers.{i}", r) for i, r in enumerate(cfg.registers)]
+        regs += [(f"groups.{gi}.registers.{i}", r) for gi, g in enumerate(cfg.groups) for i, r in enumerate(g.registers)]
+        for where, r in regs:
+            base = _REGISTER_NUMBER_BASE.get(r.register_kind)
+            if base is not None and base <= r.address < base + 9999:
+                warnings.append(
+                    f"{src}: {where}.address: {r.address} looks like a 1-based register number "
+                    f"({str(base)[0]}xxxx); `address` is the 0-based protocol address, here probably "
+                    f"{r.address - base}")
+    return errors, warnings
+
+
+def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
+                       plant_source: Path | str | None = None,
+                       complete: bool = True) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of the connectors against each other and, when given, the plant.
+
+    Errors: a site or machine not in the plant, a (machine, signal) with two producers, a certificate
+    file that is not there. Warnings: a signal name that looks like a misspelt engine signal, a Modbus
+    address that looks 1-based and (when `complete`, i.e. every connector file loaded) a machine whose
+    state signal no connector produces.
+    """
+    from oee_stream.engine.plant import SIGNAL_CODES
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    for cfg in configs:
+        e, w = _file_findings(cfg)
+        errors += e
+        warnings += w
+    engine_signals = list(SIGNAL_CODES)
+    for cfg in configs:
+        for where, _, signal in cfg.signal_refs():
+            if signal in SIGNAL_CODES:
+                continue
+            # Other names are stored and not used for KPIs (docs/connectors.md), so only a near miss of an
+            # engine signal is suspicious: `totl` or `State` would silently leave the machine without counts.
+            best = did_you_mean(signal, engine_signals, cutoff=0.75)
+            if best is not None:
+                warnings.append(f"{_src(cfg)}: {where}.signal: {signal!r} is not an engine signal "
+                                f"({', '.join(engine_signals)}); did you mean {best!r}? (other names are "
+                                "stored but not used for KPIs)")
+    if plant is None:
+        return errors, warnings
+    machines = sorted(m.id for m in plant.machines)
+    producers: dict[tuple[str, str], str] = {}
+    produced: dict[str, set[str]] = {}
+    for cfg in configs:
+        src = _src(cfg)
+        if cfg.site != plant.site.id:
+            errors.append(f"{src}: site: {cfg.site!r} is not the plant's site; allowed: [{plant.site.id!r}]")
+        for where, machine, signal in cfg.signal_refs():
+            if machine not in machines:
+                best = did_you_mean(machine, machines)
+                hint = f"; did you mean {best!r}?" if best else ""
+                errors.append(f"{src}: {where}.machine: {machine!r} is not a machine of the plant; "
+                              f"allowed: {machines}{hint}")
+                continue
+            produced.setdefault(machine, set()).add(signal)
+            key = (machine, signal)
+            if key in producers:
+                errors.append(f"{src}: {where}: machine {machine!r} signal {signal!r} is already produced by "
+                              f"{producers[key]}")
+            else:
+                producers[key] = f"{src} {where}"
+    if complete and configs:
+        where_plant = f"{plant_source}: " if plant_source is not None else ""
+        for li, line in enumerate(plant.lines):
+            for mi, m in enumerate(line.machines):
+                need = _STATE_SIGNAL[m.state_source]
+                have = produced.get(m.id, set())
+                if need in have:
+                    continue
+                # `total` is left out: nearly every machine has one, it says nothing about the intent.
+                other = [(s, sig) for s, sig in _STATE_SIGNAL.items() if sig in have and sig != "total"]
+                hint = (f"; it does get {other[0][1]!r}: did you mean state_source: {other[0][0]}?"
+                        if other else "")
+                warnings.append(f"{where_plant}lines.{li}.machines.{mi}: machine {m.id!r} has no connector "
+                                f"producing {need!r} (needed by state_source: {m.state_source}); its time will "
+                                f"be unknown{hint}")
+    return errors, warnings
+
+
 def check_connectors(plant: Plant, configs: Iterable[_ConnectorBase]) -> None:
-    """Every connector's site and machines must exist in the plant; a (machine, signal) has one producer.
+    """Every connector's site and machines must exist in the plant; a (machine, signal) has one producer;
+    certificate files must exist.
 
     Raises ConfigError listing every problem, each naming the connector file and field.
     """
-    machines = sorted(m.id for m in plant.machines)
-    problems: list[str] = []
-    producers: dict[tuple[str, str], str] = {}
-    for cfg in configs:
-        src = str(cfg.source) if cfg.source is not None else f"connector {cfg.id}"
-        if cfg.site != plant.site.id:
-            problems.append(f"{src}: site: {cfg.site!r} is not the plant's site; allowed: [{plant.site.id!r}]")
-        for where, machine, signal in cfg.signal_refs():
-            if machine not in machines:
-                problems.append(f"{src}: {where}.machine: {machine!r} is not a machine of the plant; allowed: {machines}")
-                continue
-            key = (machine, signal)
-            if key in producers:
-                problems.append(
-                    f"{src}: {where}: machine {machine!r} signal {signal!r} is already produced by {producers[key]}"
-                )
-            else:
-                producers[key] = f"{src} {where}"
-    if problems:
-        raise ConfigError("connectors do not fit the plant model:\n  - " + "\n  - ".join(problems))
+    errors, _ = connector_findings(plant, list(configs))
+    if errors:
+        raise ConfigError(*errors)
+
+
+# ------------------------------------------------------------------------------------------ check-config
+
+
+@dataclass
+class ConfigReport:
+    """What `oee-stream check-config` found: errors make the configuration unusable, warnings do not."""
+
+    plant: Plant | None = None
+    plant_path: Path | None = None
+    connector_files: list[Path] = field(default_factory=list)
+    connectors: list[_ConnectorBase] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_config_files(plant_path: Path | str, connector_paths: Path | str | Sequence[Path | str] | None,
+                       env: Mapping[str, str] | None = None) -> ConfigReport:
+    """Validate the plant model and the connector files against each other, collecting every problem.
+
+    `connector_paths` None checks the plant alone. Nothing is connected to.
+    """
+    report = ConfigReport(plant_path=Path(plant_path))
+    try:
+        report.plant, problems = load_plant_file(plant_path)
+        report.errors += problems
+    except ConfigError as exc:
+        report.errors += exc.problems
+    if report.plant is not None:
+        report.warnings += plant_warnings(report.plant, plant_path)
+    if connector_paths is None:
+        return report
+    files, problems = connector_files(connector_paths)
+    report.errors += problems
+    report.connector_files = files
+    if not files and not problems:
+        report.warnings.append(f"{connector_paths}: no connector files (*.yaml, *.yml); no machine gets data")
+    report.connectors, problems = _load_connector_files(files, env)
+    report.errors += problems
+    complete = not problems and report.plant is not None
+    errors, warnings = connector_findings(report.plant, report.connectors, plant_path, complete=complete)
+    report.errors += errors
+    report.warnings += warnings
+    return report

@@ -22,7 +22,14 @@ _PATTERN = re.compile(
 
 
 class EnvSubstError(ValueError):
-    """A ``${...}`` reference that cannot be expanded; the message names the variable."""
+    """A ``${...}`` reference that cannot be expanded; the message names the variable.
+
+    From `expand_tree`, `problems` holds one "field.path: reason" per bad reference in the tree.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 def expand(text: str, env: Mapping[str, str] | None = None) -> str:
@@ -49,14 +56,26 @@ def expand(text: str, env: Mapping[str, str] | None = None) -> str:
 
 
 def expand_tree(data: Any, env: Mapping[str, str] | None = None, path: str = "") -> Any:
-    """Expand every string in a YAML tree; errors are raised as EnvSubstError('field.path: reason')."""
+    """Expand every string in a YAML tree.
+
+    Raises EnvSubstError naming every bad reference ('field.path: reason'), not only the first.
+    """
+    problems: list[str] = []
+    out = _expand_tree(data, env, path, problems)
+    if problems:
+        raise EnvSubstError("; ".join(problems), problems)
+    return out
+
+
+def _expand_tree(data: Any, env: Mapping[str, str] | None, path: str, problems: list[str]) -> Any:
     if isinstance(data, str):
         try:
             return expand(data, env)
         except EnvSubstError as exc:
-            raise EnvSubstError(f"{path or '(top level)'}: {exc}") from None
+            problems.append(f"{path or '(top level)'}: {exc}")
+            return data
     if isinstance(data, Mapping):
-        return {k: expand_tree(v, env, f"{path}.{k}" if path else str(k)) for k, v in data.items()}
+        return {k: _expand_tree(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in data.items()}
     if isinstance(data, list):
-        return [expand_tree(v, env, f"{path}.{i}" if path else str(i)) for i, v in enumerate(data)]
+        return [_expand_tree(v, env, f"{path}.{i}" if path else str(i), problems) for i, v in enumerate(data)]
     return data
