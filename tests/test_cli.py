@@ -1,0 +1,354 @@
+"""The command line turns what a user can get wrong into one line `error: ...` on stderr with exit code 2,
+never a traceback: missing and malformed files, bad URLs and endpoints, servers that are not there."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import structlog
+from typer.testing import CliRunner, Result
+
+from oee_stream.cli import _redact, app
+from oee_stream.embedded import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+SITE = "alu-works"  # site.id of deploy/demo/plant.yaml
+T0 = 1763717936.0
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    # Commands configure logging onto the runner's stderr, which is closed after the invocation.
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def plant_file(tmp_path: Path) -> Path:
+    return Path(shutil.copy(REPO / "deploy" / "demo" / "plant.yaml", tmp_path / "plant.yaml"))
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in r.output
+    return r
+
+
+def fails(r: Result, *parts: str) -> str:
+    """The one error line, checked to contain `parts`."""
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1, r.stderr
+    for part in parts:
+        assert part in errors[0], errors[0]
+    return errors[0]
+
+
+def nothing_listening() -> int:
+    return free_port()  # bound and closed again: connecting is refused
+
+
+def _line(t: float, topic: str, payload: object) -> bytes:
+    body = payload if isinstance(payload, str) else orjson.dumps(payload).decode()
+    return orjson.dumps({"t": t, "topic": topic, "payload": body}) + b"\n"
+
+
+def _recording(path: Path) -> Path:
+    path.write_bytes(
+        _line(T0, f"oee/v1/{SITE}/press-1/state", {"v": 1, "samples": [{"ts": T0, "value": 1}]})
+        + _line(T0 + 1, f"oee/v1/{SITE}/press-1/total", {"v": 1, "samples": [{"ts": T0 + 1, "value": 5}]})
+        + _line(T0 + 2, f"oee/v1/{SITE}/press-1/total", "not json")
+        + _line(T0 + 3, f"oee/v1/{SITE}/nope-9/total", {"v": 1, "samples": [{"ts": T0 + 3, "value": 5}]}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ replay
+
+
+def test_replay_missing_log(tmp_path: Path, plant_file: Path) -> None:
+    fails(cli("replay", tmp_path / "nolog.jsonl", "--config", plant_file), "nolog.jsonl: no such file")
+
+
+def test_replay_text_file_names_the_line(tmp_path: Path, plant_file: Path) -> None:
+    log = tmp_path / "g.jsonl"
+    log.write_text("hello\n")
+    err = fails(cli("replay", log, "--config", plant_file))
+    assert err == f"error: {log}:1: not a recorded bus message (not JSON)"
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b"[1, 2]\n", "not a JSON object"),
+    (b'{"t": "x", "topic": "a", "payload": "b"}\n', "'t' must be the receive time in epoch seconds, got 'x'"),
+    (b'{"t": 1}\n', "no 'topic'"),
+    (b'{"t": 1, "topic": "a", "payload": {"v": 1}}\n', "'payload' must be a string"),
+])
+def test_replay_bad_recording_line(tmp_path: Path, plant_file: Path, line: bytes, reason: str) -> None:
+    log = tmp_path / "bad.jsonl"
+    log.write_bytes(_line(T0, f"oee/v1/{SITE}/press-1/state", {"v": 1, "samples": [{"ts": T0, "value": 1}]}) + line)
+    fails(cli("replay", log, "--config", plant_file), f"{log}:2: not a recorded bus message ({reason})")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n"])
+def test_replay_empty_log(tmp_path: Path, plant_file: Path, content: bytes) -> None:
+    log = tmp_path / "empty.jsonl"
+    log.write_bytes(content)
+    fails(cli("replay", log, "--config", plant_file), "empty.jsonl: no bus messages")
+
+
+def test_replay_counts_dead_letters_like_the_engine(tmp_path: Path, plant_file: Path) -> None:
+    r = cli("replay", _recording(tmp_path / "rec.jsonl"), "--config", plant_file, "--window", "15m")
+    assert r.exit_code == 0, r.output
+    assert "press-1" in r.stdout and "note:" not in r.stdout
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1
+    assert "2 dead letter(s) from 4 messages" in notes[0]
+    assert "payload is not JSON" in notes[0] and "unknown machine 'nope-9'" in notes[0]
+
+
+def test_replay_leaves_out_a_cut_last_line(tmp_path: Path, plant_file: Path) -> None:
+    log = _recording(tmp_path / "rec.jsonl")
+    with log.open("ab") as f:
+        f.write(b'{"t": 17637179')  # the recorder was killed mid-write
+    r = cli("replay", log, "--config", plant_file, "--json")
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout)
+    assert f"note: {log}:5: incomplete last line left out" in r.stderr
+
+
+def test_replay_unknown_window(tmp_path: Path, plant_file: Path) -> None:
+    fails(cli("replay", _recording(tmp_path / "rec.jsonl"), "--config", plant_file, "--window", "15min"),
+          "--window: '15min' is not a window; allowed: ", "15m")
+
+
+def test_replay_missing_plant(tmp_path: Path) -> None:
+    fails(cli("replay", _recording(tmp_path / "rec.jsonl"), "--config", tmp_path / "nope.yaml"),
+          "nope.yaml: file not found")
+
+
+def test_replay_in_a_real_process_prints_no_traceback(tmp_path: Path, plant_file: Path) -> None:
+    log = tmp_path / "g.jsonl"
+    log.write_text("hello\n")
+    p = subprocess.run([sys.executable, "-m", "oee_stream.cli", "replay", str(log), "--config", str(plant_file)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: {log}:1: not a recorded bus message (not JSON)"
+    assert p.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------------ record
+
+
+def test_record_missing_plant(tmp_path: Path) -> None:
+    fails(cli("record", tmp_path / "out.jsonl", "--config", tmp_path / "nope.yaml", "--seconds", "1"),
+          "nope.yaml: file not found")
+
+
+def test_record_bad_mqtt_url(tmp_path: Path, plant_file: Path) -> None:
+    fails(cli("record", tmp_path / "out.jsonl", "--config", plant_file, "--mqtt-url", "mqtt://user:pw@host:abc"),
+          "--mqtt-url: 'mqtt://user:***@host:abc' is not an MQTT broker URL; expected mqtt://host:port")
+
+
+def test_record_without_a_broker(tmp_path: Path, plant_file: Path) -> None:
+    url = f"mqtt://127.0.0.1:{nothing_listening()}"
+    fails(cli("record", tmp_path / "out.jsonl", "--config", plant_file, "--mqtt-url", url,
+              "--connect-timeout", "0.5", "--seconds", "1"),
+          f"no MQTT broker answered at {url} within 0.5 s")
+
+
+def test_record_unwritable_output(tmp_path: Path, plant_file: Path) -> None:
+    (tmp_path / "out").mkdir()
+    fails(cli("record", tmp_path / "out", "--config", plant_file, "--seconds", "1"), "out: cannot write")
+
+
+def test_record_for_a_while(tmp_path: Path, plant_file: Path, mqtt_url: str) -> None:
+    r = cli("record", tmp_path / "out.jsonl", "--config", plant_file, "--mqtt-url", mqtt_url, "--seconds", "0.3")
+    assert r.exit_code == 0, r.output
+    assert f"recorded 0 messages to {tmp_path / 'out.jsonl'}" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------- simulate
+
+
+def test_simulate_missing_scenario(tmp_path: Path, plant_file: Path) -> None:
+    fails(cli("simulate", "--config", plant_file, "--scenario", tmp_path / "nope.yaml"), "nope.yaml: file not found")
+
+
+def test_simulate_port_in_use(tmp_path: Path, plant_file: Path) -> None:
+    scenario = shutil.copy(REPO / "simulators" / "demo.yaml", tmp_path / "demo.yaml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fails(cli("simulate", "--config", plant_file, "--scenario", scenario, "--opcua-port", str(port),
+                  "--modbus-port", str(free_port())),
+              f"--opcua-port: port {port} is already in use")
+
+
+# ------------------------------------------------------------------------------------------ opcua browse
+
+
+def test_browse_connection_refused() -> None:
+    endpoint = f"opc.tcp://127.0.0.1:{nothing_listening()}"
+    assert fails(cli("opcua", "browse", endpoint, "--timeout", "2")) == f"error: {endpoint}: connection refused"
+
+
+def test_browse_silent_server_times_out() -> None:
+    with socket.socket() as silent:  # accepts the connection (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        endpoint = f"opc.tcp://127.0.0.1:{silent.getsockname()[1]}"
+        fails(cli("opcua", "browse", endpoint, "--timeout", "0.3"), f"{endpoint}: no answer within 0.3 s")
+
+
+@pytest.mark.parametrize(("endpoint", "hint"), [
+    ("10.0.0.1:4840", ""),
+    ("http://10.0.0.1:4840", ""),
+    ("opc.tcp://plc1", " (servers usually listen on 4840)"),
+    ("opc.tcp://plc1:port", ""),
+])
+def test_browse_malformed_endpoint(endpoint: str, hint: str) -> None:
+    err = fails(cli("opcua", "browse", endpoint))
+    assert err == f"error: {endpoint!r} is not an OPC UA endpoint; expected opc.tcp://host:port{hint}"
+
+
+@pytest.fixture
+def username_only_server() -> Iterator[str]:
+    """An OPC UA server that refuses anonymous sessions, in its own thread and event loop."""
+    from asyncua import Server
+
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/sim/"
+    up, stop = threading.Event(), threading.Event()
+
+    async def serve() -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(endpoint)
+        server.set_security_IDs(["Username"])
+        async with server:
+            up.set()
+            await asyncio.to_thread(stop.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert up.wait(30), "the OPC UA test server did not start"
+    yield endpoint
+    stop.set()
+    thread.join(10)
+
+
+def test_browse_server_refuses_anonymous(username_only_server: str) -> None:
+    fails(cli("opcua", "browse", username_only_server, "--timeout", "5"),
+          f"{username_only_server}: the server answered BadIdentityTokenRejected",
+          "(browse connects anonymously and without security)")
+
+
+# -------------------------------------------------------------------------------- database and services
+
+
+def test_migrate_bad_database_url() -> None:
+    fails(cli("migrate", "--database-url", "bogus"),
+          "--database-url: 'bogus' is not a PostgreSQL database URL; expected postgresql://")
+
+
+def test_migrate_unreachable_database_hides_the_password() -> None:
+    url = f"postgresql://oee:s3cret@127.0.0.1:{nothing_listening()}/oee"
+    err = fails(cli("migrate", "--database-url", url), "cannot use database postgresql://oee:***@127.0.0.1:",
+                "Connection refused")
+    assert "s3cret" not in err
+
+
+def test_api_key_commands_unreachable_database() -> None:
+    url = f"postgresql://oee:s3cret@127.0.0.1:{nothing_listening()}/oee"
+    err = fails(cli("api-key", "revoke", "abc", "--database-url", url), "cannot use database", "Connection refused")
+    assert "s3cret" not in err
+    fails(cli("api-key", "create", "--name", "x", "--role", "admin", "--database-url", "bogus"),
+          "'bogus' is not a PostgreSQL database URL")
+
+
+def test_api_key_bad_role_is_refused_by_the_parser() -> None:
+    r = cli("api-key", "create", "--name", "x", "--role", "boss", "--database-url", "postgresql://h/db")
+    assert r.exit_code == 2
+    assert "unknown role 'boss'" in r.stderr
+
+
+def test_api_key_create_before_migrate(fresh_db_url: str) -> None:
+    fails(cli("api-key", "create", "--name", "it admin", "--role", "admin", "--database-url", fresh_db_url),
+          "has no oee-stream schema; run `oee-stream migrate` first")
+
+
+_SETTINGS_ERRORS = [
+    ({"OEE_TICK_S": "0"}, "OEE_TICK_S: Input should be greater than 0 (got '0')"),
+    ({"OEE_MQTT_URL": "mqtt://broker:abc"}, "OEE_MQTT_URL: 'mqtt://broker:abc' is not an MQTT broker URL"),
+    ({"OEE_MQTT_URL": "mqtt://127.0.0.1:1883", "OEE_DATABASE_URL": "bogus"},
+     "OEE_DATABASE_URL: 'bogus' is not a PostgreSQL database URL"),
+]
+
+
+@pytest.mark.parametrize(("command", "env", "message"), [
+    *[("run", e, m) for e, m in _SETTINGS_ERRORS],
+    *[("demo", e, m) for e, m in _SETTINGS_ERRORS],
+    *[("connectors", e, m) for e, m in _SETTINGS_ERRORS[:2]],  # the connectors use no database
+])
+def test_service_settings_errors(plant_file: Path, command: str, env: dict[str, str], message: str) -> None:
+    fails(cli(command, "--config", plant_file, env=env), message)
+
+
+def test_run_unreachable_database(tmp_path: Path, plant_file: Path) -> None:
+    env = {"OEE_DATABASE_URL": f"postgresql://oee:s3cret@127.0.0.1:{nothing_listening()}/oee",
+           "OEE_MQTT_URL": f"mqtt://127.0.0.1:{nothing_listening()}", "OEE_API_PORT": str(free_port()),
+           "OEE_DATA_DIR": str(tmp_path / "var")}
+    err = fails(cli("run", "--config", plant_file, "--connectors", tmp_path, env=env),
+                "cannot use database postgresql://oee:***@127.0.0.1:")
+    assert "s3cret" not in err
+
+
+def test_run_missing_plant(tmp_path: Path) -> None:
+    env = {"OEE_PLANT": str(tmp_path / "nope.yaml")}  # read through the environment, as the help says
+    fails(cli("run", env=env), "nope.yaml: file not found")
+
+
+# ------------------------------------------------------------------------------------------------- help
+
+
+def test_help_shows_defaults_and_variables() -> None:
+    out = " ".join(cli("run", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert "[default: deploy/demo/plant.yaml] [env var: OEE_PLANT]" in out
+    assert "[default: connectors] [env var: OEE_CONNECTORS]" in out
+    create = cli("api-key", "create", "--help", env={"COLUMNS": "200"}).stdout
+    assert "[viewer|operator|admin]" in create and "OEE_DATABASE_URL" in create
+
+
+def test_cli_roles_are_the_api_roles() -> None:
+    from oee_stream.api.auth import ROLES as API_ROLES
+    from oee_stream.cli import ROLES
+
+    assert ROLES == API_ROLES
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://oee:s3cret@db:5432/oee", "postgresql://oee:***@db:5432/oee"),
+    ("postgresql://oee@db/oee", "postgresql://oee@db/oee"),
+    ("postgresql://db/oee?password=s3cret&sslmode=require", "postgresql://db/oee?password=***&sslmode=require"),
+    ("host=db password='s 3cret' user=oee", "host=db password=*** user=oee"),
+    ("mqtt://u:p@a@broker:1883", "mqtt://u:***@broker:1883"),
+])
+def test_redact(url: str, shown: str) -> None:
+    assert _redact(url) == shown
+
