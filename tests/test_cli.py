@@ -319,6 +319,19 @@ def test_run_unreachable_database(tmp_path: Path, plant_file: Path) -> None:
     assert "s3cret" not in err
 
 
+def test_run_without_a_broker(tmp_path: Path, plant_file: Path, database_url: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from oee_stream import service
+
+    monkeypatch.setattr(service, "BROKER_CONNECT_TIMEOUT_S", 0.5)
+    port = nothing_listening()
+    env = {"OEE_DATABASE_URL": database_url, "OEE_MQTT_URL": f"mqtt://127.0.0.1:{port}",
+           "OEE_API_PORT": str(free_port()), "OEE_DATA_DIR": str(tmp_path / "var")}
+    (tmp_path / "conn").mkdir()
+    fails(cli("run", "--config", plant_file, "--connectors", tmp_path / "conn", env=env),
+          f"the MQTT broker 127.0.0.1:{port} did not answer within 0.5 s", "OEE_MQTT_URL")
+
+
 def test_run_missing_plant(tmp_path: Path) -> None:
     env = {"OEE_PLANT": str(tmp_path / "nope.yaml")}  # read through the environment, as the help says
     fails(cli("run", env=env), "nope.yaml: file not found")

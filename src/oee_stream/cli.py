@@ -139,7 +139,7 @@ def demo(
         s = _settings(plant, connectors, api_port=port)
         with _database_errors(s.database_url):
             asyncio.run(serve_until_stopped(s, embedded=True, simulate=True))
-    except ConfigError as exc:
+    except (ConfigError, ConnectionError) as exc:
         _fail(exc)
 
 
@@ -156,7 +156,7 @@ def run(
         s = _settings(plant, connectors)
         with _database_errors(s.database_url):
             asyncio.run(serve_until_stopped(s, embedded=False, simulate=simulate))
-    except ConfigError as exc:
+    except (ConfigError, ConnectionError) as exc:
         _fail(exc)
 
 

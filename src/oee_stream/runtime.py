@@ -141,6 +141,9 @@ async def running_service(
                 await coro
             except asyncio.CancelledError:
                 raise
+            except ConnectionError as exc:  # a server we need is not there: its message says which
+                log.error("component_failed", component=name, error=str(exc))
+                raise
             except Exception:
                 log.exception("component_failed", component=name)
                 raise
@@ -155,7 +158,14 @@ async def running_service(
                 name="retention"))
         tasks.append(asyncio.create_task(supervise("api", server.serve()), name="api"))
         try:
-            await asyncio.wait_for(service.ready.wait(), timeout=60)
+            # Ready, or the engine stopped trying (its error, e.g. no broker, is the one to report).
+            ready = asyncio.create_task(service.ready.wait())
+            await asyncio.wait({ready, tasks[0]}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+            if not ready.done():
+                ready.cancel()
+                if tasks[0].done():
+                    tasks[0].result()
+                raise RuntimeError("the engine was not ready within 60 s (see the log above)")
             deadline = asyncio.get_running_loop().time() + 30
             while not server.started:
                 if any(t.done() for t in tasks) or asyncio.get_running_loop().time() > deadline:

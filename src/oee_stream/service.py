@@ -36,6 +36,9 @@ ENGINE_SIGNALS = (*bus.KPI_SIGNALS, "good")
 # Windows published on the bus for wallboards; every window goes to the database.
 PUBLISHED_WINDOWS = ("15m", "1h", "shift")
 REASONS_POLL_S = 5.0
+# At start-up the engine waits this long for the broker, then stops with a clear error (once running,
+# a lost broker is reconnected to for as long as it takes).
+BROKER_CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -198,7 +201,12 @@ class EngineService:
         try:
             async with client:
                 self._bus = client
-                await client.wait_connected(timeout=30)
+                try:
+                    await client.wait_connected(timeout=BROKER_CONNECT_TIMEOUT_S)
+                except TimeoutError:
+                    raise ConnectionError(
+                        f"the MQTT broker {self.mqtt.host}:{self.mqtt.port} did not answer within "
+                        f"{BROKER_CONNECT_TIMEOUT_S:g} s; check OEE_MQTT_URL and that the broker runs") from None
                 log.info("engine_connected", broker=self.mqtt.host, port=self.mqtt.port, site=self.site)
                 self.ready.set()
                 next_tick = self.clock()
