@@ -18,6 +18,8 @@ from oee_stream.config import ConfigError, load_plant
 from oee_stream.settings import Settings
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from oee_stream.replay import Replay
 
 app = typer.Typer(help="oee-stream: real-time OEE for plants.", no_args_is_help=True, add_completion=False)
@@ -52,15 +54,19 @@ def _settings(plant: Path | None = None, connectors: Path | None = None, **extra
     try:
         s = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        raise ConfigError("; ".join(
-            f"OEE_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')} "
-            f"(got {e.get('input')!r})" for e in exc.errors())) from None
+        raise ConfigError("; ".join(_settings_problems(exc))) from None
     if s.mqtt_url is not None:
         _check_mqtt_url(s.mqtt_url, "OEE_MQTT_URL")
     if s.database_url is not None:
         _check_database_url(s.database_url, "OEE_DATABASE_URL")
     configure(s.log_format, s.log_level)
     return s
+
+
+def _settings_problems(exc: ValidationError) -> list[str]:
+    """One line per bad OEE_* value: the variable, what is wrong, what was given."""
+    return [f"OEE_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg'].removeprefix('Value error, ')} "
+            f"(got {e.get('input')!r})" for e in exc.errors()]
 
 
 def _fail(exc: Exception | str) -> NoReturn:
@@ -178,14 +184,11 @@ def check_config(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
     from pydantic import ValidationError
 
     from oee_stream.connectors.config import check_config_files
-    from oee_stream.settings import Settings
 
     try:
         s = Settings(**{k: v for k, v in {"plant": plant, "connectors": connectors}.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
-        _fail(ConfigError(*(f"OEE_{'_'.join(map(str, e['loc'])).upper()}: "
-                            f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
-                            for e in exc.errors())))
+        _fail(ConfigError(*_settings_problems(exc)))
     # The defaults are relative to the working directory; outside a checkout "deploy/demo/plant.yaml:
     # file not found" would blame a file the user never named.
     if "plant" not in s.model_fields_set and not s.plant.exists():
