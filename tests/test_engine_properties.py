@@ -18,6 +18,13 @@ from oee_stream.reference import reference_window
 from tests.engine_fixtures import plant
 
 T0 = datetime(2026, 3, 2, 5, 0, tzinfo=UTC).timestamp()
+
+
+def _examples(default: int) -> int:
+    """Examples per property test: OEE_PROPERTY_EXAMPLES=2000 for a long hunt, the default in `make test`."""
+    return int(os.environ.get("OEE_PROPERTY_EXAMPLES", default))
+
+
 HORIZON = 4 * 3600.0
 
 MACHINES = [
@@ -87,7 +94,7 @@ def _same_results(got: list[KpiResult], exp: list[KpiResult], keys: tuple[str, .
             assert (got_v == exp_v) if not isinstance(exp_v, float) else _close(got_v, exp_v), (r.entity, key)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     samples=streams(),
     window=st.tuples(times, times),
@@ -123,7 +130,7 @@ def test_engine_equals_reference(samples: list[Sample], window: tuple[float, flo
             assert _close(r.six_big_losses_s[loss], sec), (mid, loss, r.six_big_losses_s, ref["six_big_losses_s"])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=_examples(60), deadline=None)
 @given(samples=streams(), cut=times)
 def test_rollup_of_parts_equals_whole(samples: list[Sample], cut: float) -> None:
     """Adding the time classes and counts of [a, c) and [c, b) gives the KPIs of [a, b)."""
@@ -153,7 +160,7 @@ def test_rollup_of_parts_equals_whole(samples: list[Sample], cut: float) -> None
     np.testing.assert_allclose(np.nan_to_num(whole.oee), np.nan_to_num(parts.oee), rtol=1e-9, atol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=_examples(60), deadline=None)
 @given(n=st.integers(1, 3000), stop=st.floats(0, 1800), rejects=st.integers(0, 100))
 def test_single_product_oee_is_good_times_ideal_over_ppt(n: int, stop: float, rejects: int) -> None:
     p = plant(policies={"allowed_lateness_s": 1e6})
@@ -168,7 +175,7 @@ def test_single_product_oee_is_good_times_ideal_over_ppt(n: int, stop: float, re
     assert r.oee == pytest.approx((n - min(rejects, n)) * 1.0 / r.ppt_s, rel=1e-9)
 
 
-@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "120")), deadline=None,
+@settings(max_examples=_examples(120), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(samples=streams(), data=st.data(),
        stale=st.sampled_from([None, 900.0]), micro=st.sampled_from([0.0, 60.0, 600.0]))
@@ -192,8 +199,11 @@ def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject,
 def _incremental_equals_one_shot(p: object, samples: list[Sample], data: st.DataObject, now: float) -> None:
     one = Engine(p)  # type: ignore[arg-type]
     one.ingest(samples, now=now)
-    # mostly in time order (as from the bus), with some samples held back and delivered late
-    order = sorted(range(len(samples)), key=lambda i: samples[i].ts)
+    # mostly in time order (as from the bus), each signal with its own delay (state and counts over two
+    # connectors), with some samples held back and delivered late
+    lag = {sig: data.draw(st.sampled_from([0.0, 0.0, 20.0, 300.0]), label=f"lag {sig}")
+           for sig in ("state", "run", "total", "reject", "startup_reject", "product")}
+    order = sorted(range(len(samples)), key=lambda i: samples[i].ts + lag[samples[i].signal])
     held = data.draw(st.sets(st.sampled_from(order), max_size=8)) if order else set()
     stream = [i for i in order if i not in held] + sorted(held)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
@@ -218,6 +228,11 @@ def _incremental_equals_one_shot(p: object, samples: list[Sample], data: st.Data
     b = b if b > a else a + 1
     pairs += [(inc.range_results(now, ids, [T0 + a] * 4, [T0 + b] * 4),
                one.range_results(now, ids, [T0 + a] * 4, [T0 + b] * 4)), (inc.results(now), one.results(now))]
+    _assert_same_results(pairs)
+    assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
+
+
+def _assert_same_results(pairs: list[tuple[list[KpiResult], list[KpiResult]]]) -> None:
     for eng_res, ref_res in pairs:
         assert len(eng_res) == len(ref_res)
         for r, o in zip(eng_res, ref_res, strict=True):
@@ -231,10 +246,40 @@ def _incremental_equals_one_shot(p: object, samples: list[Sample], data: st.Data
             assert r.downtime_by_reason_s.keys() == o.downtime_by_reason_s.keys()
             for loss, sec in o.six_big_losses_s.items():
                 assert _close(r.six_big_losses_s[loss], sec), (r.entity, r.window, loss)
-    assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
 
 
-@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "60")), deadline=None,
+def test_counts_ahead_of_the_state_derive_as_they_come() -> None:
+    """m1's counts come over a fast connector, its state over one 15 s behind: every series is in time order,
+    so each tick derives what came without deriving a machine again from its log, and the results equal
+    those of one batch. A state sample older than the state already derived still re-derives its machine."""
+    p = plant(machines=MACHINES, shifts=SHIFTS)
+    now = T0 + HORIZON + 1
+    states = [Sample("m1", "state", T0 + 60.0 * k + 7.3, [1, 0, 1, 2][k % 4]) for k in range(60)]
+    counts = [Sample("m1", sig, T0 + 10.0 * k + 1.1, k * (3 if sig == "total" else 1)) for k in range(360)
+              for sig in ("total", "reject")]
+    counts += [Sample("m1", "product", T0 + 1200.5, "b")]
+    one = Engine(p)
+    one.ingest(states + counts, now=now)
+    inc = Engine(p)
+    inc.origin = one.origin
+    pairs = []
+    for tick in np.arange(T0 + 20.0, T0 + 3700.0, 20.0):
+        inc.ingest([x for x in counts if tick - 20.0 <= x.ts < tick]
+                   + [x for x in states if tick - 35.0 <= x.ts < tick - 15.0], now=float(tick))
+        inc.timeline(float(tick))
+    assert inc.stats.rederived_machines == 0
+    inc.ingest([x for x in states if T0 + 3685.0 <= x.ts], now=now)
+    pairs.append((inc.results(now), one.results(now)))
+    pairs.append((inc.range_results(now, ["m1"], [T0 + 100.0], [T0 + 3000.0]),
+                  one.range_results(now, ["m1"], [T0 + 100.0], [T0 + 3000.0])))
+    _assert_same_results(pairs)
+    assert inc.stats.rederived_machines == 0
+    inc.ingest([Sample("m1", "state", T0 + 3540.0, 0)], now=now + 1)
+    inc.timeline(now + 1)
+    assert inc.stats.rederived_machines == 1
+
+
+@settings(max_examples=_examples(60), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(samples=streams(), n_ticks=st.integers(2, 12), cut=times)
 def test_pruning_while_streaming_equals_one_batch(samples: list[Sample], n_ticks: int, cut: float) -> None:
@@ -305,7 +350,7 @@ def test_polled_signals_repeats_leave_the_log_and_change_nothing() -> None:
     assert inc.state_intervals(now, now - 3600) == one.state_intervals(now, now - 3600)
 
 
-@settings(max_examples=int(os.environ.get("OEE_PROPERTY_EXAMPLES", "60")), deadline=None,
+@settings(max_examples=_examples(60), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(samples=streams(), data=st.data())
 def test_settled_repeats_leave_the_log_without_changing_results(samples: list[Sample], data: st.DataObject) -> None:

@@ -93,6 +93,8 @@ C_TOTAL, C_REJECT, C_INPUT, C_GOOD, C_STARTUP = range(N_CTR)
 _SIG_CTR = np.full(N_SIGNALS, -1, np.int64)
 _SIG_CTR[[TOTAL, REJECT, INPUT, GOOD_COUNT, STARTUP_REJECT]] = [C_TOTAL, C_REJECT, C_INPUT, C_GOOD, C_STARTUP]
 _IS_COUNTER = _SIG_CTR >= 0
+_COUNTER_SIGNALS = np.flatnonzero(_IS_COUNTER)
+_STATE_SIGNALS = np.array([STATE, RUN, GAP])
 
 # Columns of an instant's values (Engine._point): the feature columns before the window column (the start-up
 # rejects' ideal seconds in fx.IDEAL_STARTUP, not yet clamped), then the good counter and its ideal seconds,
@@ -1040,8 +1042,8 @@ class Engine:
         self._derived_now = now
         if len(t) == 0:
             return
-        # Machines with a sample older than what was already derived for them are re-derived from their log.
-        older = t < self.frontier[m]
+        # Machines with a sample older than rows already derived that it changes are re-derived from their log.
+        older = self._lands_before_derived(m, s, t)
         if older.any():
             redo = np.unique(m[older])
             mark = np.zeros(self.cp.n, np.bool_)
@@ -1056,7 +1058,7 @@ class Engine:
         m, s, t, v, q = _sort_mst(m, s, t, v, q, self._span, self.origin)
         dup = _dup_mask(m, s, t, v, q)
         # ... and against the newest derived sample of the same series. Only a series' leading rows can
-        # be at its last derived time (the rows are newer than the machine's frontier, sorted per series):
+        # be at its last derived time (the rows are not older than it, and sorted per series):
         # the full test runs only when the first row of some series in the batch is at that time.
         si = s.astype(np.int64)
         sfirst = np.ones(len(t), np.bool_)
@@ -1071,6 +1073,31 @@ class Engine:
             m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
         m, s, t, v, q = self._log_batch(m, s, t, v, q)
         self._derive(m, s, t, v, q)
+
+    def _lands_before_derived(self, m: I64, s: I8, t: F64) -> B:
+        """The samples that land before rows already derived from their own series or from a series whose
+        rows they change; their machines are derived again from the log.
+
+        Each table is appended to in time order, so a sample needs that only when it is older than the newest
+        derived sample of a series feeding the same rows: a state sample against the machine's state signals
+        (and its counts, where counts make its state), a counter sample against its own series (and the
+        product changes, on machines with several products), a product change against the counts it would
+        assign to another product. A machine whose state and counts come over two connectors with different
+        delays (an OPC UA subscription and a Modbus poll) then derives each as it comes, instead of deriving
+        its whole log again at every tick."""
+        lt = self._last_t[m]  # newest derived sample per series (nan: none)
+        si = s.astype(np.int64)
+        own = lt[np.arange(len(t)), si]
+        counts = self.cp.uses_counts[m]
+        state_front = np.fmax.reduce(lt[:, _STATE_SIGNALS], axis=1)
+        state_front = np.where(counts, np.fmax(state_front, lt[:, TOTAL]), state_front)
+        is_state = np.isin(s, _STATE_SIGNALS) | ((s == TOTAL) & counts)
+        older: B = (t < own) | (is_state & (t < state_front))
+        if self._any_multi:
+            multi = self._multi_product[m]
+            older |= multi & _IS_COUNTER[si] & (t < lt[:, PRODUCT])
+            older |= multi & (s == PRODUCT) & (t < np.fmax.reduce(lt[:, _COUNTER_SIGNALS], axis=1))
+        return older
 
     @property
     def _drop_repeats_on(self) -> bool:
@@ -1097,15 +1124,14 @@ class Engine:
                 self._log_pos[at] = moved[self._log_pos[at]]
         return log.append(m, s, t, v, q)
 
-    def _forget_repeats(self, ms: I64, since: F64) -> None:
-        """Machines re-derived because of samples from `since` on: a late sample may now sit between a repeat
-        and the sample it repeated, so marks from then on go (older ones stay repeats)."""
+    def _forget_repeats(self, ms: I64, since: F64, at: I64) -> None:
+        """Machines `ms` re-derived because of samples from `since` (per machine) on; `at`: their entries in
+        the log. A late sample may now sit between a repeat and the sample it repeated, so marks from then on
+        go (older ones stay repeats)."""
         if not len(ms):
             return
-        frm = np.full(self.cp.n, np.inf)
-        frm[ms] = since
-        n = self._log.n
-        self._log.rep[:n] &= self._log.t[:n] < frm[self._log.m[:n]]
+        log = self._log
+        log.rep[at] &= log.t[at] < since[log.m[at]]
         self._log_pos.reshape(-1, N_SIGNALS)[ms] = -1
 
     def _log_batch(self, m: I64, s: I8, t: F64, v: F64, q: I8) -> Cols:
@@ -1158,8 +1184,8 @@ class Engine:
         assert self.origin is not None
         self.stats.rederived_machines += len(redo)
         lm, ls, lt, lv, lq = self._log.view()
-        sel = mark[lm]
-        old = (lm[sel], ls[sel], lt[sel], lv[sel], lq[sel])
+        at = np.flatnonzero(mark[lm])  # the one pass over the whole log
+        old = (lm[at], ls[at], lt[at], lv[at], lq[at])
         k_old = len(old[0])
         cols = tuple(np.concatenate([o, n_]) for o, n_ in zip(old, new, strict=True))
         src = np.concatenate([np.zeros(k_old, np.int8), np.ones(len(new[0]), np.int8)])
@@ -1172,7 +1198,7 @@ class Engine:
         add = (src == 1) & ~dup
         since = np.full(self.cp.n, np.inf)
         np.minimum.at(since, new[0], new[2])
-        self._forget_repeats(redo, since[redo])
+        self._forget_repeats(redo, since, at)
         self._log_append(m[add], s[add], t[add], v[add], q[add])
         keep = ~dup
         m, s, t, v, q = m[keep], s[keep], t[keep], v[keep], q[keep]
