@@ -335,6 +335,39 @@ def test_run_without_a_broker(tmp_path: Path, plant_file: Path, database_url: st
           f"the MQTT broker 127.0.0.1:{port} did not answer within 0.5 s", "OEE_MQTT_URL")
 
 
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_run_and_demo_log_the_check_config_warnings_at_start(tmp_path: Path, plant_file: Path, command: str) -> None:
+    """What check-config warns about reaches the service's log once at start-up, one warning event each,
+    before anything is connected to (here the database is not there, so the start stops right after)."""
+    plant_file.write_text(plant_file.read_text().replace('{name: late, start: "14:00"', '{name: late, start: "13:00"'))
+    conn = tmp_path / "conn"
+    conn.mkdir()
+    modbus = (REPO / "connectors" / "modbus-demo.yaml").read_text()
+    (conn / "modbus-demo.yaml").write_text(modbus.replace("address: 0, type: uint16}", "address: 40001, type: uint16}"))
+    check = cli("check-config", "--config", plant_file, "--connectors", conn)
+    assert check.exit_code == 0, check.output
+    printed = [ln.removeprefix("warning: ") for ln in check.stderr.splitlines()]
+    assert printed == [
+        f"{plant_file}: calendars.default.shifts.1: shift 'late' overlaps shift 'early' (shifts.0) on mon "
+        "13:00-14:00; time covered twice counts once, a break only where every covering shift has one",
+        f"{conn / 'modbus-demo.yaml'}: groups.0.registers.0.address: 40001 looks like a 1-based register number "
+        "(4xxxx); `address` is the 0-based protocol address, here probably 0",
+        f"{plant_file}: lines.0.machines.0: machine 'press-1' has no connector producing 'state' (needed by "
+        "state_source: state_code); its time will be unknown",
+        f"{plant_file}: lines.1.machines.1: machine 'caster-1' has no connector producing 'state' (needed by "
+        "state_source: state_code); its time will be unknown",
+    ]
+    env = {"OEE_DATABASE_URL": f"postgresql://oee:s3cret@127.0.0.1:{nothing_listening()}/oee",
+           "OEE_MQTT_URL": f"mqtt://127.0.0.1:{nothing_listening()}", "OEE_API_PORT": str(free_port()),
+           "OEE_DATA_DIR": str(tmp_path / "var"), "OEE_LOG_FORMAT": "json"}
+    r = cli(command, "--config", plant_file, "--connectors", conn, env=env)
+    fails(r, "cannot use database")
+    events = [orjson.loads(ln) for ln in r.stderr.splitlines() if ln.startswith("{")]
+    logged = [e for e in events if e["event"] == "config_warning"]
+    assert [e["warning"] for e in logged] == printed
+    assert {e["level"] for e in logged} == {"warning"}
+
+
 def test_run_missing_plant(tmp_path: Path) -> None:
     env = {"OEE_PLANT": str(tmp_path / "nope.yaml")}  # read through the environment, as the help says
     fails(cli("run", env=env), "nope.yaml: file not found")

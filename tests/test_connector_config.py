@@ -491,6 +491,46 @@ def test_every_problem_in_every_connector_file(tmp_path: Path) -> None:
     ]
 
 
+def test_connectors_are_checked_against_the_machines_of_a_broken_plant_file(tmp_path: Path) -> None:
+    """The plant file has errors, so there is no plant model; its machine ids can still be read from the
+    YAML, and the connectors' machines and producers are checked against them in the same run."""
+    plant = tmp_path / "plant.yaml"
+    plant.write_text(PLANT.read_text().replace("allowed_lateness_s: 300", "allowed_lateness_s: soon", 1))
+    report = check(
+        tmp_path,
+        ("a.yaml", opcua(site="alu-work", nodes=[
+            {"node_id": "ns=2;s=a", "machine": "presss-1", "signal": "state"},
+            {"node_id": "ns=2;s=b", "machine": "press-1", "signal": "state"}])),
+        ("b.yaml", modbus(registers=[{"machine": "press-1", "signal": "state", "address": 0}])),
+        plant=plant,
+    )
+    conn = tmp_path / "conn"
+    assert report.plant is None
+    assert report.errors == [
+        f"{plant}: policies.allowed_lateness_s: 'soon' is not a number",
+        f"{conn / 'a.yaml'}: nodes.0.machine: 'presss-1' is not a machine of the plant; allowed: "
+        "['caster-1', 'furnace-1', 'press-1']; did you mean 'press-1'?",
+        f"{conn / 'b.yaml'}: registers.0: machine 'press-1' signal 'state' is already produced by "
+        f"{conn / 'a.yaml'} nodes.1",
+    ]  # the site needs a valid plant; which machine lacks its state signal too
+    assert report.warnings == []
+
+
+@pytest.mark.parametrize("edit", [
+    ("- id: press-1", "- id: 101"),  # one machine's id is not text: any machine may be that one
+    ("lines:", "lines: {}\nold_lines:"),  # the lines cannot be read at all
+])
+def test_no_machine_check_when_the_machine_ids_cannot_be_read(tmp_path: Path, edit: tuple[str, str]) -> None:
+    plant = tmp_path / "plant.yaml"
+    text = PLANT.read_text()
+    assert edit[0] in text
+    plant.write_text(text.replace(*edit, 1))
+    report = check(tmp_path, ("a.yaml", opcua(nodes=[{"node_id": "ns=2;s=a", "machine": "presss-1",
+                                                      "signal": "state"}])), plant=plant)
+    assert report.errors and report.plant is None
+    assert not [e for e in report.errors if "a.yaml" in e]
+
+
 def test_model_checks_report_all_their_problems() -> None:
     msg = error_of(opcua(security_policy="Basic256Sha256", username="u", reconnect_initial_s=5, reconnect_max_s=1),
                    "ua.yaml")

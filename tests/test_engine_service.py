@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import REGISTRY
+
 from oee_stream import bus
 from oee_stream.bus import Sample
 from oee_stream.engine import KpiResult
@@ -61,9 +63,11 @@ async def test_only_changed_results_and_intervals_are_written() -> None:
     assert len(written) < len(second)
     assert len(w.intervals) == 1  # the open stop is still the same interval: nothing to write
     # a stop reported late inside the closed hour changes it: written again, and so is the interval
+    rederived = REGISTRY.get_sample_value("oee_engine_rederived_machines_total") or 0.0
     eng.ingest([Sample("m1", "state", T0 + 1800, 0)], now=clock[0])
     clock[0] += 1.0
     await svc.tick()
+    assert REGISTRY.get_sample_value("oee_engine_rederived_machines_total") == rederived + 1
     again = [r for r in w.results[-1] if r.window == "hour" and r.start == T0 and r.entity == "m1"]
     assert again and again[0].seconds["unplanned_stop"] == 1800
     assert {(i.start, i.end) for i in w.intervals[-1]} == {(T0, T0 + 1800), (T0 + 1800, None)}

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import typer
 
-from oee_stream.config import ConfigError, load_plant
+from oee_stream.config import load_plant
+from oee_stream.config_files import ConfigError
 from oee_stream.settings import Settings
 
 if TYPE_CHECKING:
@@ -140,9 +141,11 @@ def demo(
     """Run everything: embedded PostgreSQL and MQTT broker (unless URLs are set), the simulated plant,
     connectors, engine and API on http://127.0.0.1:8000."""
     from oee_stream.runtime import serve_until_stopped
+    from oee_stream.service import log_config_warnings
 
     try:
         s = _settings(plant, connectors, api_port=port)
+        log_config_warnings(s.plant, s.connectors)
         with _database_errors(s.database_url):
             asyncio.run(serve_until_stopped(s, embedded=True, simulate=True))
     except (ConfigError, ConnectionError) as exc:
@@ -157,9 +160,11 @@ def run(
 ) -> None:
     """Run connectors, engine and API against real servers (OEE_DATABASE_URL, OEE_MQTT_URL)."""
     from oee_stream.runtime import serve_until_stopped
+    from oee_stream.service import log_config_warnings
 
     try:
         s = _settings(plant, connectors)
+        log_config_warnings(s.plant, s.connectors)
         with _database_errors(s.database_url):
             asyncio.run(serve_until_stopped(s, embedded=False, simulate=simulate))
     except (ConfigError, ConnectionError) as exc:

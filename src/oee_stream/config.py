@@ -1,87 +1,46 @@
 """The plant model: site → lines → machines, state tables, products and shift calendars.
 
-Loaded from YAML and validated once with pydantic. Every error names the file, the field path and what
-is allowed, because the people who write these files are integration engineers on a plant network, not
-Python developers.
+Loaded from YAML and validated once with pydantic (through `config_files`): every error names the file,
+the field path and what is allowed. Also the plant's warnings: valid settings that are probably not meant.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import re
-import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import orjson
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(Exception):
-    """An invalid configuration: each problem is one line naming the file, the field and what is allowed.
-
-    Raised with every problem found, so a user fixes a file in one round instead of one error per run.
-    """
-
-    def __init__(self, *problems: str) -> None:
-        self.problems = list(problems)
-        super().__init__(*problems)
-
-    def __str__(self) -> str:
-        if len(self.problems) == 1:
-            return self.problems[0]
-        return f"{len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
-
-
-FieldPath = tuple[str | int, ...]
-
-
-class FieldProblems(ValueError):
-    """What a model validator found, each problem at a field path below the model.
-
-    Paths are tuples so that a key containing '-' or '.' (product `6063-T5`) stays one part; the
-    formatter reads them from the error's context instead of parsing the message.
-    """
-
-    def __init__(self, problems: Iterable[tuple[FieldPath, str]]) -> None:
-        self.problems = [(tuple(str(p) for p in path), msg) for path, msg in problems]
-        super().__init__("; ".join(f"{'.'.join(path)}: {msg}" for path, msg in self.problems))
-
-
-def _raise_problems(problems: list[tuple[FieldPath, str]]) -> None:
-    if problems:
-        raise FieldProblems(problems)
-
-
-def did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
-    """The closest of `choices` to a misspelt `word` (case differences count as close), or None."""
-    options = list(choices)
-    for c in options:
-        if c.lower() == word.lower():
-            return c
-    close = difflib.get_close_matches(word, options, n=1, cutoff=cutoff)
-    return close[0] if close else None
-
-
-def _suggestion(word: str, choices: Iterable[str]) -> str:
-    best = did_you_mean(word, choices)
-    return f"; did you mean {best!r}?" if best is not None else ""
+# The file machinery lived here; these names are still imported from this module (simulators, tests,
+# connector plugins).
+from oee_stream.config_files import ConfigError as ConfigError
+from oee_stream.config_files import FieldPath as FieldPath
+from oee_stream.config_files import FieldProblems as FieldProblems
+from oee_stream.config_files import Sexagesimal as Sexagesimal
+from oee_stream.config_files import allowed_keys as allowed_keys
+from oee_stream.config_files import did_you_mean as did_you_mean
+from oee_stream.config_files import format_validation_error as format_validation_error
+from oee_stream.config_files import load_yaml as load_yaml
+from oee_stream.config_files import model_at as model_at
+from oee_stream.config_files import parse_model as parse_model
+from oee_stream.config_files import raise_problems, suggestion
+from oee_stream.config_files import read_yaml as read_yaml
+from oee_stream.config_files import validate_model as validate_model
+from oee_stream.config_files import validation_problems as validation_problems
 
 
 class TimeClass(StrEnum):
@@ -133,18 +92,6 @@ class Product(_Strict):
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-class Sexagesimal(int):
-    """An integer YAML 1.1 read in base 60 (`14:00` -> 840): nearly always a time someone forgot to quote,
-    so the text is kept for the error message."""
-
-    text: str
-
-    def __new__(cls, value: int, text: str) -> Sexagesimal:
-        obj = super().__new__(cls, value)
-        obj.text = text
-        return obj
 
 
 def _time_input(v: Any) -> Any:
@@ -237,7 +184,7 @@ class Machine(_Strict):
         if self.default_product is not None and self.default_product not in self.products:
             problems.append((("default_product",),
                              f"{self.default_product!r} is not one of products {sorted(self.products)}"
-                             + _suggestion(self.default_product, self.products)))
+                             + suggestion(self.default_product, self.products)))
         codes: dict[int, str] = {}
         for name, p in self.products.items():
             if self.kind is MachineKind.discrete and p.ideal_cycle_time_s is None:
@@ -258,7 +205,7 @@ class Machine(_Strict):
         if self.state_source == "state_code" and self.state_table is None:
             problems.append((("state_table",), "state_source 'state_code' (the default) needs state_table, "
                                                "a key of state_tables; or set state_source: run_bit or counts"))
-        _raise_problems(problems)
+        raise_problems(problems)
         return self
 
     @property
@@ -324,7 +271,7 @@ class Plant(_Strict):
     def _refs(self) -> Plant:
         lines = [(line.id, line.constraint, [(m.id, m.calendar, m.state_table) for m in line.machines])
                  for line in self.lines]
-        _raise_problems(reference_problems(lines, list(self.calendars), list(self.state_tables)))
+        raise_problems(reference_problems(lines, list(self.calendars), list(self.state_tables)))
         return self
 
     @property
@@ -348,11 +295,15 @@ class Plant(_Strict):
         body = orjson.dumps(self.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(body).hexdigest()[:16]
 
-
+    @classmethod
+    def raw_problems(cls, data: Mapping[str, Any]) -> list[tuple[FieldPath, str]]:
+        """The checks of `_refs` on the raw YAML, run by `validate_model` when validation fails: pydantic
+        checks the plant only once every line is valid, and these problems should not wait for that."""
+        return _raw_references(data)
 
 
 def _constraint_message(constraint: str, ids: list[str]) -> str:
-    return f"{constraint!r} is not a machine of this line; allowed: {ids}{_suggestion(constraint, ids)}"
+    return f"{constraint!r} is not a machine of this line; allowed: {ids}{suggestion(constraint, ids)}"
 
 
 LineRefs = tuple[Any, Any, Sequence[tuple[Any, Any, Any]]]  # (id, constraint, [(machine id, calendar, table)])
@@ -387,11 +338,11 @@ def reference_problems(lines: Sequence[LineRefs], calendars: list[str],
             unique("machine", mid, where)
             if isinstance(calendar, str) and calendar not in calendars:
                 problems.append(((*where, "calendar"), f"{calendar!r} is not defined; allowed: "
-                                 f"{sorted(calendars)}{_suggestion(calendar, calendars)}"))
+                                 f"{sorted(calendars)}{suggestion(calendar, calendars)}"))
             if isinstance(table, str) and table not in state_tables:
                 names = [str(t) for t in state_tables]
                 problems.append(((*where, "state_table"), f"{table!r} is not defined; allowed: "
-                                 f"{sorted(names)}{_suggestion(table, names)}"))
+                                 f"{sorted(names)}{suggestion(table, names)}"))
     return problems
 
 
@@ -415,293 +366,50 @@ def _raw_references(data: Mapping[str, Any]) -> list[tuple[FieldPath, str]]:
     return [p for p in problems if p[0][-1] not in skip]
 
 
-# ------------------------------------------------------------------------------------------ YAML files
+def raw_machine_ids(data: Any) -> list[str] | None:
+    """The machine ids (`lines[].machines[].id`) of a plant file that need not be valid, from its parsed YAML.
 
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that remembers the text of base-60 integers (see `Sexagesimal`)."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        value: int = super().construct_yaml_int(node)
-        return Sexagesimal(value, node.value) if ":" in str(node.value) else value
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-def _duplicate_keys(loader: _Loader, root: yaml.Node, source: Path | str) -> list[str]:
-    """Keys defined twice in one mapping; YAML itself keeps the last one silently."""
-    problems: list[str] = []
-    visited: set[int] = set()
-
-    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
-        if id(node) in visited:  # an alias is walked once, where it is defined
-            return
-        visited.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
-                    continue
-                if isinstance(key_node, yaml.ScalarNode):
-                    key = loader.construct_object(key_node)
-                    label = str(key)
-                else:
-                    key, label = id(key_node), "(complex key)"
-                line = key_node.start_mark.line + 1
-                if key in first:
-                    problems.append(f"{source}: {'.'.join((*path, label))}: defined twice "
-                                    f"(lines {first[key]}, {line}); YAML would keep only the last")
-                else:
-                    first[key] = line
-                walk(value_node, (*path, label))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, str(i)))
-
-    walk(root, ())
-    return problems
-
-
-def _yaml_error(source: Path | str, exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        mark = exc.problem_mark
-        what = exc.problem or "syntax error"
-        if exc.context:
-            ctx = exc.context
-            if exc.context_mark is not None and exc.context_mark.line != mark.line:
-                ctx += f" started on line {exc.context_mark.line + 1}"
-            what = f"{what} ({ctx})"
-        return f"{source}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {what}"
-    return f"{source}: not valid YAML: {exc}"
-
-
-def load_yaml(path: Path | str) -> tuple[Any, list[str]]:
-    """Parse one YAML file: (data, problems that still leave data usable, e.g. duplicate keys).
-
-    Raises ConfigError when there is nothing to validate: a missing or unreadable file, a syntax error.
-    An empty file gives None.
+    None unless every machine's id can be read as text: with one of them unknown, a connector's machine
+    that is not in the list might still be that one.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a folder, not a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot be read: {exc.strerror}") from None
-    loader = _Loader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, []
-        problems = _duplicate_keys(loader, root, p)
-        return loader.construct_document(root), problems
-    except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_error(p, exc)) from None
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: Path | str) -> Any:
-    """The parsed file; ConfigError for anything `load_yaml` reports."""
-    data, problems = load_yaml(path)
-    if problems:
-        raise ConfigError(*problems)
-    return data
-
-
-# ------------------------------------------------------------------------------------------ error messages
-
-# a cross-field check of another module that raises "field.path: message"
-_FIELD_MSG = re.compile(r"^(?P<field>[A-Za-z_][\w.]*): (?P<msg>.*)$", re.DOTALL)
-
-_READABLE_PATTERNS = {
-    r"^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' and '-' only",
-    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$": "letters, digits, '_', '.' and '-', starting with a letter or digit",
-}
-
-
-def _field_types(tp: Any) -> list[Any]:
-    """The alternatives of an annotation, without Annotated and Optional wrappers."""
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return _field_types(get_args(tp)[0])
-    if origin is Union or origin is types.UnionType:
-        return [t for arg in get_args(tp) for t in _field_types(arg)]
-    return [tp]
-
-
-def model_at(model: type[BaseModel], loc: Sequence[str]) -> type[BaseModel] | None:
-    """The model class that validates the mapping at `loc` below `model` (for listing allowed keys)."""
-    current: list[Any] = [model]
-    for part in loc:
-        nxt: list[Any] = []
-        for tp in (t for c in current for t in _field_types(c)):
-            origin = get_origin(tp)
-            if isinstance(tp, type) and issubclass(tp, BaseModel):
-                for name, field in tp.model_fields.items():
-                    if part in (name, field.alias):
-                        nxt.append(field.annotation)
-            elif origin in (list, Sequence) and part.isdigit():
-                nxt.append(get_args(tp)[0])
-            elif origin in (dict, Mapping):
-                nxt.append(get_args(tp)[1])
-        current = nxt
-    found = [t for c in current for t in _field_types(c) if isinstance(t, type) and issubclass(t, BaseModel)]
-    return found[0] if found else None
-
-
-def allowed_keys(model: type[BaseModel]) -> list[str]:
-    return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return f"{value} (true/false)"
-    if isinstance(value, Sexagesimal):
-        return f"the number {int(value)}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    return repr(value)
-
-
-def _show(value: Any) -> str:
-    return str(int(value)) if isinstance(value, Sexagesimal) else repr(value)
-
-
-def _message(err: Mapping[str, Any], loc: list[str], model: type[BaseModel] | None) -> str:
-    kind: str = err["type"]
-    raw: str = err["msg"]
-    value = err.get("input")
-    ctx: Mapping[str, Any] = err.get("ctx") or {}
-    msg = raw
-    if kind == "value_error":
-        msg = raw.removeprefix("Value error, ")
-    elif kind == "assertion_error":
-        msg = raw.removeprefix("Assertion failed, ")
-    elif kind == "extra_forbidden":
-        sub = model_at(model, loc[:-1]) if model is not None else None
-        if sub is None:
-            msg = "unknown key (check the spelling; see the docs for allowed keys)"
-        else:
-            keys = allowed_keys(sub)
-            best = did_you_mean(loc[-1], keys)
-            msg = f"unknown key; did you mean {best!r}?" if best else f"unknown key; allowed: {', '.join(keys)}"
-    elif kind == "missing":
-        msg = "required field is missing"
-    elif kind in ("float_parsing", "float_type"):
-        msg = f"{_show(value)} is not a number"
-    elif kind in ("int_parsing", "int_type", "int_from_float"):
-        msg = f"{_show(value)} is not a whole number"
-    elif kind in ("bool_parsing", "bool_type"):
-        msg = f"{_show(value)} is not true or false"
-    elif kind in ("time_parsing", "time_type"):
-        msg = f'{_show(value)} is not a time; write "HH:MM" or "HH:MM:SS" in quotes'
-    elif kind.startswith("date_"):
-        msg = f"{_show(value)} is not a date; write YYYY-MM-DD"
-    elif kind in ("string_type", "string_sub_type"):
-        msg = f"expected text, got {_describe(value)}"
-    elif kind in ("dict_type", "model_type", "model_attributes_type", "mapping_type"):
-        msg = f"expected a mapping (key: value), got {_describe(value)}"
-    elif kind in ("list_type", "tuple_type", "iterable_type"):
-        msg = f"expected a list, got {_describe(value)}"
-    elif kind in ("literal_error", "enum"):
-        expected = str(ctx.get("expected", ""))
-        msg = f"{_show(value)} is not allowed; expected {expected}"
-        if isinstance(value, str):
-            msg += _suggestion(value, re.findall(r"'([^']*)'", expected))
-    elif kind == "string_pattern_mismatch":
-        pattern = str(ctx.get("pattern", ""))
-        msg = f"{_show(value)} is not allowed: {_READABLE_PATTERNS.get(pattern, f'must match {pattern}')}"
-    elif raw.startswith("Input should be ") and not isinstance(value, Mapping | list):
-        msg = f"{_show(value)} is not allowed; it should be {raw.removeprefix('Input should be ')}"
-    if isinstance(value, Sexagesimal) and "base-60" not in msg:
-        msg += f' (YAML read {value.text} as a base-60 number; quote it: "{value.text}")'
-    return msg
-
-
-def validation_problems(source: Path | str, exc: ValidationError,
-                        model: type[BaseModel] | None = None) -> list[str]:
-    """One line per problem: `file: field.path: message`, with the bad value and what is allowed.
-
-    A model validator reports its problems at their own fields (`FieldProblems`, or "field: message"
-    from older validators) rather than at the model that ran the check.
-    """
-    out: list[str] = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key_error = bool(loc) and loc[-1] == "[key]"
-        if key_error:
-            loc = loc[:-1]
-        found = (err.get("ctx") or {}).get("error")
-        if isinstance(found, FieldProblems):
-            out += [f"{source}: {'.'.join(loc + list(sub))}: {msg}" for sub, msg in found.problems]
+    lines = data.get("lines") if isinstance(data, Mapping) else None
+    if not isinstance(lines, list):
+        return None
+    ids: list[str] = []
+    for line in lines:
+        if not isinstance(line, Mapping):
+            return None
+        machines = line.get("machines")
+        if machines is None:  # none given: an error of its own, but this line has no machines
             continue
-        msg = _message(err, loc, model)
-        m = _FIELD_MSG.match(msg) if err["type"] == "value_error" else None
-        if m:
-            loc.append(m["field"])
-            msg = m["msg"]
-        if key_error:
-            msg = f"the key {msg}"
-        out.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
-    return list(dict.fromkeys(out))
+        if not isinstance(machines, list):
+            return None
+        for m in machines:
+            mid = m.get("id") if isinstance(m, Mapping) else None
+            if not isinstance(mid, str):
+                return None
+            ids.append(mid)
+    return ids
 
 
-def format_validation_error(path: Path | str, exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    return "\n".join(validation_problems(path, exc, model))
-
-
-def _top_level_problem(model: type[BaseModel], data: Any, source: Path | str) -> str | None:
-    if data is None:
-        required = [field.alias or name for name, field in model.model_fields.items() if field.is_required()]
-        return f"{source}: the file is empty; expected a mapping with {', '.join(required)}, ..."
-    if not isinstance(data, Mapping):
-        return f"{source}: expected a mapping (key: value) at the top level, got {_describe(data)}"
-    return None
-
-
-def validate_model(model: type[M], data: Any, source: Path | str) -> tuple[M | None, list[str]]:
-    """(the model, []) or (None, every problem found)."""
-    top = _top_level_problem(model, data, source)
-    if top is not None:
-        return None, [top]
-    try:
-        return model.model_validate(data), []
-    except ValidationError as exc:
-        problems = validation_problems(source, exc, model)
-        if model is Plant:
-            # Plant-wide checks run only once every line is valid; these must not wait for that.
-            problems += [f"{source}: {'.'.join(map(str, path))}: {msg}" for path, msg in _raw_references(data)]
-        return None, list(dict.fromkeys(problems))
-
-
-def parse_model(model: type[M], data: Any, source: Path | str) -> M:
-    result, problems = validate_model(model, data, source)
-    if result is None:
-        raise ConfigError(*problems)
-    return result
-
-
-def load_plant_file(path: Path | str) -> tuple[Plant | None, list[str]]:
-    """(plant, every problem found in the file); ConfigError when it cannot be parsed at all.
+def load_plant_data(path: Path | str) -> tuple[Any, Plant | None, list[str]]:
+    """(the parsed YAML, the plant, every problem found in the file); ConfigError when it cannot be parsed
+    at all.
 
     The file is usable only without problems; the plant is still returned after a problem that leaves it
-    valid (a key given twice), so that the connectors can be checked against it in the same run.
+    valid (a key given twice), so that the connectors can be checked against it in the same run. Without a
+    plant, the parsed YAML still tells which machines there are (`raw_machine_ids`).
     """
     data, problems = load_yaml(path)
     plant, more = validate_model(Plant, data, path)
-    return plant, problems + more
+    return data, plant, problems + more
+
+
+def load_plant_file(path: Path | str) -> tuple[Plant | None, list[str]]:
+    """(plant, every problem found in the file); ConfigError when it cannot be parsed at all (see
+    `load_plant_data`)."""
+    _, plant, problems = load_plant_data(path)
+    return plant, problems
 
 
 def load_plant(path: Path | str) -> Plant:

@@ -6,6 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 SAMPLES_INGESTED = Counter("oee_samples_ingested_total", "Samples accepted by the engine")
 SAMPLES_DUPLICATE = Counter("oee_samples_duplicate_total", "Exact duplicate samples counted once")
+REDERIVED_MACHINES = Counter(
+    "oee_engine_rederived_machines_total",
+    "Machines derived again from the engine's log because a late sample landed before rows derived from it")
 SAMPLES_LATE_DROPPED = Counter("oee_samples_late_dropped_total", "Samples later than allowed_lateness_s")
 DEAD_LETTERS = Counter("oee_dead_letters_total", "Messages or samples refused, by reason", ["reason"])
 RESULTS_PUBLISHED = Counter("oee_results_published_total", "KPI records published to the bus")

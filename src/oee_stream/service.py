@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,7 @@ class EngineService:
         self._record_file: Any = None
         self._bus: bus.BusClient | None = None
         self._dups_seen = 0  # engine duplicates already counted in the Prometheus counter
+        self._rederived_seen = 0  # engine re-derivations already counted
         self.changes = ChangeFilter()
         self._reasons_next_poll = 0.0
         self._reasons_seen: list[tuple[str, float, float | None, str]] | None = None
@@ -289,6 +290,8 @@ class EngineService:
         st = self.engine.stats
         metrics.SAMPLES_DUPLICATE.inc(max(0, st.duplicates - self._dups_seen))
         self._dups_seen = st.duplicates
+        metrics.REDERIVED_MACHINES.inc(max(0, st.rederived_machines - self._rederived_seen))
+        self._rederived_seen = st.rederived_machines
         for m, c in st.counter_resets.items():
             metrics.COUNTER_RESETS.labels(machine=m).set(c)
         for m, c in st.counter_rollovers.items():
@@ -326,3 +329,17 @@ class EngineService:
             metrics.DB_DROPPED_ROWS.set(self.writer.dropped_rows)
             metrics.DB_BUFFERED_ROWS.set(self.writer.buffered_rows)
         return results
+
+
+def log_config_warnings(plant_path: Path | str, connector_paths: Path | str | Sequence[Path | str]) -> list[str]:
+    """Log the warnings `oee-stream check-config` prints for these files, one `config_warning` event each.
+
+    `run` and `demo` call it once at start-up, so that an integrator finds them in the journal without
+    running check-config. The errors are not logged here: the start-up itself refuses them.
+    """
+    from oee_stream.connectors.config import check_config_files
+
+    warnings = check_config_files(plant_path, connector_paths).warnings
+    for text in warnings:
+        log.warning("config_warning", warning=text)
+    return warnings

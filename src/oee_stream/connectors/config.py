@@ -23,15 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from oee_stream.config import (
+from oee_stream.config import Plant, load_plant_data, plant_warnings, raw_machine_ids
+from oee_stream.config_files import (
     ConfigError,
     FieldPath,
     FieldProblems,
-    Plant,
     did_you_mean,
-    load_plant_file,
     load_yaml,
-    plant_warnings,
     validation_problems,
 )
 from oee_stream.connectors.envsubst import EnvSubstError, expand_tree
@@ -523,13 +521,17 @@ def _file_findings(cfg: _ConnectorBase) -> tuple[list[str], list[str]]:
 
 def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
                        plant_source: Path | str | None = None,
-                       complete: bool = True) -> tuple[list[str], list[str]]:
+                       complete: bool = True,
+                       machine_ids: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
     """(errors, warnings) of the connectors against each other and, when given, the plant.
 
     Errors: a site or machine not in the plant, a (machine, signal) with two producers, a certificate
     file that is not there. Warnings: a signal name that looks like a misspelt engine signal, a Modbus
     address that looks 1-based and (when `complete`, i.e. every connector file loaded) a machine whose
     state signal no connector produces.
+
+    Without a plant (its file has errors), `machine_ids` read from its raw YAML (`raw_machine_ids`) still
+    check the connectors' machines and producers; the site and the state signals need the plant.
     """
     from oee_stream.engine.plant import SIGNAL_CODES
 
@@ -551,14 +553,16 @@ def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
                 warnings.append(f"{_src(cfg)}: {where}.signal: {signal!r} is not an engine signal "
                                 f"({', '.join(engine_signals)}); did you mean {best!r}? (other names are "
                                 "stored but not used for KPIs)")
-    if plant is None:
+    if plant is not None:
+        machine_ids = [m.id for m in plant.machines]
+    if machine_ids is None:
         return errors, warnings
-    machines = sorted(m.id for m in plant.machines)
+    machines = sorted(machine_ids)
     producers: dict[tuple[str, str], str] = {}
     produced: dict[str, set[str]] = {}
     for cfg in configs:
         src = _src(cfg)
-        if cfg.site != plant.site.id:
+        if plant is not None and cfg.site != plant.site.id:
             errors.append(f"{src}: site: {cfg.site!r} is not the plant's site; allowed: [{plant.site.id!r}]")
         for where, machine, signal in cfg.signal_refs():
             if machine not in machines:
@@ -574,7 +578,7 @@ def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
                               f"{producers[key]}")
             else:
                 producers[key] = f"{src} {where}"
-    if complete and configs:
+    if complete and configs and plant is not None:
         where_plant = f"{plant_source}: " if plant_source is not None else ""
         for li, line in enumerate(plant.lines):
             for mi, m in enumerate(line.machines):
@@ -629,9 +633,13 @@ def check_config_files(plant_path: Path | str, connector_paths: Path | str | Seq
     `connector_paths` None checks the plant alone. Nothing is connected to.
     """
     report = ConfigReport(plant_path=Path(plant_path))
+    machine_ids: list[str] | None = None
     try:
-        report.plant, problems = load_plant_file(plant_path)
+        data, report.plant, problems = load_plant_data(plant_path)
         report.errors += problems
+        if report.plant is None:
+            # The connectors are still checked against the machines the file names.
+            machine_ids = raw_machine_ids(data)
     except ConfigError as exc:
         report.errors += exc.problems
     if report.plant is not None:
@@ -646,7 +654,8 @@ def check_config_files(plant_path: Path | str, connector_paths: Path | str | Seq
     report.connectors, problems = _load_connector_files(files, env)
     report.errors += problems
     complete = not problems and report.plant is not None
-    errors, warnings = connector_findings(report.plant, report.connectors, plant_path, complete=complete)
+    errors, warnings = connector_findings(report.plant, report.connectors, plant_path, complete=complete,
+                                          machine_ids=machine_ids)
     report.errors += errors
     report.warnings += warnings
     return report
