@@ -175,9 +175,11 @@ def run(
 def connectors(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
     """Run only the connectors (an edge box next to the PLCs), publishing to OEE_MQTT_URL."""
     from oee_stream.edge import run_connectors
+    from oee_stream.service import log_config_warnings
 
     try:
         s = _settings(plant, connectors)
+        log_config_warnings(s.plant, s.connectors)
         asyncio.run(run_connectors(s))
     except ConfigError as exc:
         _fail(exc)
