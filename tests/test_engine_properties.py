@@ -412,9 +412,9 @@ def _settled_repeats_case(samples: list[Sample], gap: tuple[float, float], held:
 
 
 @pytest.mark.parametrize("hold_view", [False, True])
-def test_arena_growth_keeps_rows_in_place_or_copied(hold_view: bool) -> None:
-    """The arena grows its arrays in place when nothing else refers to them and copies them otherwise;
-    either way every segment keeps its rows and the keys stay sorted."""
+def test_arena_growth_keeps_every_row(hold_view: bool) -> None:
+    """The arena grows (and compacts) its arrays one at a time into fresh memory: every segment keeps its
+    rows, the keys stay sorted, and a view held on an old array still reads its old rows."""
     a = core._Arena(3, 1000.0, 0.0, {"cum": (np.float64, 2), "flag": (np.int8, 1)}, init_cap=2)
     rng = np.random.default_rng(7)
     expect: dict[int, list[float]] = {0: [], 1: [], 2: []}
@@ -439,5 +439,5 @@ def test_arena_growth_keeps_rows_in_place_or_copied(hold_view: bool) -> None:
     assert len(a.t) > 1024  # the arrays did grow
     if hold_view:
         assert held is not None and held_vals is not None
-        assert held.base is not a.t  # growth copied the array instead of resizing it under the view
+        assert held.base is not a.t  # the arrays were replaced, not resized under the view
         assert np.array_equal(held[live], held_vals)  # the view reads valid memory with the old rows

@@ -292,16 +292,15 @@ def _seg_cumsum(vals: F64, first: B, init: F64) -> F64:
     return out
 
 
-def _resized(arr: npt.NDArray[Any], n: int, keep: int) -> npt.NDArray[Any]:
-    """`arr` with n rows, its first `keep` rows kept and the new ones zero; in place when nothing else
-    refers to it."""
-    try:
-        arr.resize((n, *arr.shape[1:]), refcheck=True)
-        return arr
-    except ValueError:  # referenced elsewhere (a view, another name): copy
-        out = np.zeros((n, *arr.shape[1:]), arr.dtype)
-        out[:keep] = arr[:keep]
-        return out
+def _grown(arr: npt.NDArray[Any], n: int, keep: int) -> npt.NDArray[Any]:
+    """`arr` with n rows, its first `keep` rows copied and the new ones zero.
+
+    The copy goes into fresh memory from calloc, which the kernel maps on first write: rows not used yet
+    cost no resident memory (realloc would zero them, and so map them, at once).
+    """
+    out = np.zeros((n, *arr.shape[1:]), arr.dtype)
+    out[:keep] = arr[:keep]
+    return out
 
 
 class _Arena:
@@ -339,12 +338,12 @@ class _Arena:
         if need <= alloc:
             return
         new = max(need, alloc * 2)
-        # Resized in place where nothing else refers to the array: realloc remaps the rows already written
-        # instead of copying them, and old and new never coexist (no transient doubling of the arena).
-        self.key = _resized(self.__dict__.pop("key"), new, self.size)
-        self.t = _resized(self.__dict__.pop("t"), new, self.size)
+        # One array at a time, the old one freed before the next is copied: the transient is one array,
+        # not a second arena.
+        self.key = _grown(self.__dict__.pop("key"), new, self.size)
+        self.t = _grown(self.__dict__.pop("t"), new, self.size)
         for name in list(self.cols):
-            self.cols[name] = _resized(self.cols.pop(name), new, self.size)
+            self.cols[name] = _grown(self.cols.pop(name), new, self.size)
 
     def _rekey(self, seg: I64, cap: I64, start0: int, live: I64) -> None:
         """Keys of segments `seg` laid out one after the other from `start0` with room `cap`; `live`: the
@@ -371,14 +370,18 @@ class _Arena:
         src = _ranges(first, self.len)
         dst = _ranges(start, self.len)
         alloc = max(size, 1024)
+        # One array at a time, each old one freed once copied: the transient is the largest column, not a
+        # second arena (a prune compacts arenas of hundreds of MiB).
+        del self.key
         t = np.empty(alloc)
         t[dst] = self.t[src]
-        cols = {}
-        for name, arr in self.cols.items():
+        self.t = t
+        for name in list(self.cols):
+            arr = self.cols.pop(name)
             out = np.zeros((alloc, *arr.shape[1:]), arr.dtype)
             _rows(out)[dst] = _rows(arr)[src]
-            cols[name] = out
-        self.t, self.cols = t, cols
+            del arr
+            self.cols[name] = out
         self.key = np.empty(alloc)
         self.start, self.cap, self.size = start, cap, size
         self.rank = np.arange(self.n, dtype=np.int64)
@@ -1085,6 +1088,11 @@ class Engine:
         assign to another product. A machine whose state and counts come over two connectors with different
         delays (an OPC UA subscription and a Modbus poll) then derives each as it comes, instead of deriving
         its whole log again at every tick."""
+        older = t < self.frontier[m]  # a superset, cheap: only those samples are looked at closer
+        cand = np.flatnonzero(older)
+        if not len(cand):
+            return older
+        m, s, t = m[cand], s[cand], t[cand]
         lt = self._last_t[m]  # newest derived sample per series (nan: none)
         si = s.astype(np.int64)
         own = lt[np.arange(len(t)), si]
@@ -1092,11 +1100,12 @@ class Engine:
         state_front = np.fmax.reduce(lt[:, _STATE_SIGNALS], axis=1)
         state_front = np.where(counts, np.fmax(state_front, lt[:, TOTAL]), state_front)
         is_state = np.isin(s, _STATE_SIGNALS) | ((s == TOTAL) & counts)
-        older: B = (t < own) | (is_state & (t < state_front))
+        sub = (t < own) | (is_state & (t < state_front))
         if self._any_multi:
             multi = self._multi_product[m]
-            older |= multi & _IS_COUNTER[si] & (t < lt[:, PRODUCT])
-            older |= multi & (s == PRODUCT) & (t < np.fmax.reduce(lt[:, _COUNTER_SIGNALS], axis=1))
+            sub |= multi & _IS_COUNTER[si] & (t < lt[:, PRODUCT])
+            sub |= multi & (s == PRODUCT) & (t < np.fmax.reduce(lt[:, _COUNTER_SIGNALS], axis=1))
+        older[cand] = sub
         return older
 
     @property
