@@ -26,6 +26,7 @@ test: lint
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/polled_plant.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
