@@ -192,7 +192,8 @@ def test_incremental_equals_one_shot(samples: list[Sample], data: st.DataObject,
     samples = samples + [Sample("m4", "total", T0 + t, i) for i, t in
                          enumerate(sorted(data.draw(st.lists(times, max_size=30, unique=True))))]
     now = T0 + HORIZON + 1
-    with patch.object(core, "LOG_INITIAL", 4):  # tiny log: it drops its dead entries many times over
+    # tiny log (it drops its dead entries many times over), rewritten a few entries at a time
+    with patch.object(core, "LOG_INITIAL", 4), patch.object(core, "REWRITE_CHUNK", 3):
         _incremental_equals_one_shot(p, samples, data, now)
 
 
@@ -291,11 +292,12 @@ def test_pruning_while_streaming_equals_one_batch(samples: list[Sample], n_ticks
     inc = Engine(p, retention_s=3600, prune_every_s=600)
     one = Engine(p, retention_s=3600, prune_every_s=600)
     edges = [int(len(stream) * k / n_ticks) for k in range(n_ticks + 1)]
-    for k in range(n_ticks):
-        part = stream[edges[k]:edges[k + 1]]
-        at = part[-1].ts + 1 if part else T0
-        inc.ingest(part, now=now)
-        inc.timeline(min(at, now))
+    with patch.object(core, "REWRITE_CHUNK", 3):  # the log and arenas rewritten a few rows at a time
+        for k in range(n_ticks):
+            part = stream[edges[k]:edges[k + 1]]
+            at = part[-1].ts + 1 if part else T0
+            inc.ingest(part, now=now)
+            inc.timeline(min(at, now))
     one.ingest(stream, now=now)
     got, exp = inc.results(now), one.results(now)
     assert inc.origin == one.origin and (inc.stats.prunes >= 1 or not stream)
@@ -441,3 +443,25 @@ def test_arena_growth_keeps_every_row(hold_view: bool) -> None:
         assert held is not None and held_vals is not None
         assert held.base is not a.t  # the arrays were replaced, not resized under the view
         assert np.array_equal(held[live], held_vals)  # the view reads valid memory with the old rows
+
+
+@settings(max_examples=_examples(60), deadline=None)
+@given(n=st.integers(0, 40), chunk=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_log_drop_keeps_order_and_reports_new_positions(n: int, chunk: int, seed: int) -> None:
+    """Dropping entries in place, a few at a time, keeps the others in order and says where each asked-for
+    entry went (-1: dropped), as the plain list operation does."""
+    rng = np.random.default_rng(seed)
+    log = core._Log()
+    t = rng.permutation(n).astype(np.float64)
+    log.append(np.arange(n, dtype=np.int64), np.zeros(n, np.int8), t, t * 2, np.zeros(n, np.int8))
+    log.rep[:n] = rng.random(n) < 0.5
+    rep = log.rep[:n].copy()
+    gone = rng.random(n) < 0.4
+    pos = rng.integers(0, n, size=min(n, 7)) if n else np.zeros(0, np.int64)
+    kept = [i for i in range(n) if not gone[i]]
+    with patch.object(core, "REWRITE_CHUNK", chunk):
+        new = log.drop(gone, pos)
+    assert log.n == len(kept)
+    assert log.t[: log.n].tolist() == t[kept].tolist() and log.v[: log.n].tolist() == (t[kept] * 2).tolist()
+    assert log.rep[: log.n].tolist() == rep[kept].tolist()
+    assert new.tolist() == [kept.index(p) if p in kept else -1 for p in pos.tolist()]

@@ -20,6 +20,7 @@ result record when results are formatted.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -255,6 +256,25 @@ def _ranges(starts: I64, counts: I64) -> I64:
     return out
 
 
+# Rows per step when the log or an arena is rewritten: index arrays and gathered copies stay this small
+# instead of the size of a table of hundreds of millions of rows.
+REWRITE_CHUNK = 1 << 20
+
+
+def _chunks(counts: I64) -> list[tuple[int, int]]:
+    """Consecutive index ranges [a, b) over `counts` holding about REWRITE_CHUNK in all (one larger item
+    alone)."""
+    limit = REWRITE_CHUNK
+    n = len(counts)
+    total = int(counts.sum()) if n else 0
+    if total <= limit:
+        return [(0, n)]
+    cum = np.cumsum(counts)
+    cuts = np.searchsorted(cum, np.arange(limit, total, limit), side="right")
+    edges = np.unique(np.concatenate([[0], cuts, [n]]))
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
 def _group_starts(g: I64) -> tuple[I64, I64, I64]:
     """For a sorted group id array: (unique ids, index of each group's first element, group sizes)."""
     n = len(g)
@@ -367,26 +387,28 @@ class _Arena:
         cap = np.maximum(need + need // 2, 8)
         start = np.cumsum(cap) - cap
         size = int(cap.sum())
-        src = _ranges(first, self.len)
-        dst = _ranges(start, self.len)
         alloc = max(size, 1024)
-        # One array at a time, each old one freed once copied: the transient is the largest column, not a
-        # second arena (a prune compacts arenas of hundreds of MiB).
-        del self.key
-        t = np.empty(alloc)
-        t[dst] = self.t[src]
-        self.t = t
-        for name in list(self.cols):
-            arr = self.cols.pop(name)
+        parts = _chunks(self.len)
+
+        def moved(arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
             out = np.zeros((alloc, *arr.shape[1:]), arr.dtype)
-            _rows(out)[dst] = _rows(arr)[src]
-            del arr
-            self.cols[name] = out
+            for a, b in parts:
+                _rows(out)[_ranges(start[a:b], self.len[a:b])] = _rows(arr)[_ranges(first[a:b], self.len[a:b])]
+            return out
+
+        # One array at a time, each old one freed once copied, a chunk of segments at a time: the transient
+        # is one column, not a second arena (a prune compacts arenas of hundreds of MiB).
+        del self.key
+        self.t = moved(self.__dict__.pop("t"))
+        for name in list(self.cols):
+            self.cols[name] = moved(self.cols.pop(name))
         self.key = np.empty(alloc)
         self.start, self.cap, self.size = start, cap, size
         self.rank = np.arange(self.n, dtype=np.int64)
         self.next_rank = self.n
-        self._rekey(np.arange(self.n, dtype=np.int64), cap, 0, dst)
+        for a, b in parts:
+            self._rekey(np.arange(a, b, dtype=np.int64), cap[a:b], int(start[a]) if b > a else 0,
+                        _ranges(start[a:b], self.len[a:b]))
 
     def reserve(self, seg: I64, extra: I64) -> None:
         """Room for `extra` more rows in each (unique) segment of `seg`."""
@@ -561,16 +583,29 @@ class _Log:
         self.n += k
         return start
 
-    def drop(self, gone: B) -> I64:
-        """Remove the entries `gone`; returns every old entry's new position (-1: removed)."""
-        live = ~gone
-        moved: I64 = np.where(live, np.cumsum(live) - 1, -1)
-        idx = np.flatnonzero(live)
-        for name in ("m", "s", "t", "v", "q", "rep"):
-            arr = getattr(self, name)
-            arr[: len(idx)] = arr[idx]
-        self.n = len(idx)
-        return moved
+    def drop(self, gone: B, pos: I64) -> I64:
+        """Remove the entries `gone` (a mask over the first n), in place and a chunk at a time; returns the new
+        positions of the entries at `pos` (-1: removed). Entries only move to lower positions, so each chunk is
+        written below what is still to be read."""
+        out = np.full(len(pos), -1, np.int64)
+        order = np.argsort(pos, kind="stable")
+        spos = pos[order]
+        cols = [getattr(self, name) for name in ("m", "s", "t", "v", "q", "rep")]
+        w = 0
+        for a in range(0, self.n, REWRITE_CHUNK):
+            b = min(a + REWRITE_CHUNK, self.n)
+            live = ~gone[a:b]
+            lo, hi = np.searchsorted(spos, [a, b])
+            if hi > lo:
+                at = spos[lo:hi] - a
+                kept = live[at]
+                out[order[lo:hi][kept]] = w + np.cumsum(live)[at[kept]] - 1
+            k = int(live.sum())
+            for arr in cols:
+                arr[w:w + k] = arr[a:b][live]
+            w += k
+        self.n = w
+        return out
 
     def view(self) -> tuple[I64, I8, F64, F64, I8]:
         n = self.n
@@ -1128,9 +1163,8 @@ class Engine:
             gone = log.rep[:n] & (lt < self.watermark[lm] - self.policies.allowed_lateness_s) & ~(
                 lt >= self.offline_since[lm])
             if int(gone.sum()) * 8 >= n:
-                moved = log.drop(gone)
                 at = np.flatnonzero(self._log_pos >= 0)
-                self._log_pos[at] = moved[self._log_pos[at]]
+                self._log_pos[at] = log.drop(gone, self._log_pos[at])
         return log.append(m, s, t, v, q)
 
     def _forget_repeats(self, ms: I64, since: F64, at: I64) -> None:
@@ -1250,7 +1284,7 @@ class Engine:
         assert self.origin is not None
         new_origin = math.floor((now - self.retention_s) / 3600.0) * 3600.0
         self.stats.prunes += 1
-        lm, ls, lt, lv, lq = self._log.view()
+        lm, ls, lt, _v, _q = self._log.view()
         old = lt < new_origin
         if old.any():
             oi = np.flatnonzero(old)
@@ -1259,10 +1293,12 @@ class Engine:
             go = g[order]
             last = np.ones(len(go), np.bool_)
             last[:-1] = go[1:] != go[:-1]
-            keep = ~old
-            keep[oi[order[last]]] = True
-            t_new = np.where(old, new_origin, lt)
-            self._log.replace(lm[keep].copy(), ls[keep].copy(), t_new[keep], lv[keep].copy(), lq[keep].copy())
+            anchors = oi[order[last]]
+            gone = old
+            gone[anchors] = False
+            lt[anchors] = new_origin  # (a view of the log)
+            self._log.drop(gone, np.zeros(0, np.int64))
+            self._log.rep[: self._log.n] = False
             self._log_pos[:] = -1
         cp = self.cp
         n_m = cp.n
