@@ -1159,9 +1159,12 @@ class Engine:
             # the gap rows are dated from the offline moment, however long ago, and a repeat after that
             # moment is a change again (it ends the unknown time).
             n = log.n
-            lm, lt = log.m[:n], log.t[:n]
-            gone = log.rep[:n] & (lt < self.watermark[lm] - self.policies.allowed_lateness_s) & ~(
-                lt >= self.offline_since[lm])
+            settled = self.watermark - self.policies.allowed_lateness_s
+            gone = np.empty(n, np.bool_)
+            for a in range(0, n, REWRITE_CHUNK):  # temporaries of a chunk, not of the whole log
+                b = min(a + REWRITE_CHUNK, n)
+                lm, lt = log.m[a:b], log.t[a:b]
+                gone[a:b] = log.rep[a:b] & (lt < settled[lm]) & ~(lt >= self.offline_since[lm])
             if int(gone.sum()) * 8 >= n:
                 at = np.flatnonzero(self._log_pos >= 0)
                 self._log_pos[at] = log.drop(gone, self._log_pos[at])
