@@ -101,6 +101,12 @@ _STATE_SIGNALS = np.array([STATE, RUN, GAP])
 # rejects' ideal seconds in fx.IDEAL_STARTUP, not yet clamped), then the good counter and its ideal seconds,
 # then the start-up reject count.
 P_GOOD, P_IDEAL_GOOD, P_STARTUP = fx.WINDOW, fx.WINDOW + 1, fx.WINDOW + 2
+# The counter values of an instant: its columns, and where each comes from in a machine's (counter, [count,
+# ideal seconds]) values; one gather and one scatter instead of a strided copy per column.
+_POINT_CTR_COLS = np.array([fx.TOTAL, fx.REJECT, fx.INPUT, fx.IDEAL_TOTAL, fx.IDEAL_REJECT, P_GOOD, P_IDEAL_GOOD,
+                            P_STARTUP, fx.IDEAL_STARTUP])
+_POINT_CTR_VALS = np.array([2 * C_TOTAL, 2 * C_REJECT, 2 * C_INPUT, 2 * C_TOTAL + 1, 2 * C_REJECT + 1, 2 * C_GOOD,
+                            2 * C_GOOD + 1, 2 * C_STARTUP, 2 * C_STARTUP + 1])
 N_POINT = fx.WINDOW + 3
 
 # Tail columns per machine: the last state row, three transient rows (offline, no count, stale), `now`.
@@ -2135,16 +2141,7 @@ class Engine:
         if len(ts):
             stops[ts] += (tl.tail_stops[ts if idx is None else idx[ts]] < x).sum(axis=1)
         out[:, fx.STOPS] = stops
-        c3 = cvals.reshape(n, N_CTR, 2)
-        out[:, fx.TOTAL] = c3[:, C_TOTAL, 0]
-        out[:, fx.REJECT] = c3[:, C_REJECT, 0]
-        out[:, fx.INPUT] = c3[:, C_INPUT, 0]
-        out[:, fx.IDEAL_TOTAL] = c3[:, C_TOTAL, 1]
-        out[:, fx.IDEAL_REJECT] = c3[:, C_REJECT, 1]
-        out[:, P_GOOD] = c3[:, C_GOOD, 0]
-        out[:, P_IDEAL_GOOD] = c3[:, C_GOOD, 1]
-        out[:, P_STARTUP] = c3[:, C_STARTUP, 0]
-        out[:, fx.IDEAL_STARTUP] = c3[:, C_STARTUP, 1]
+        out[:, _POINT_CTR_COLS] = cvals.reshape(n, N_CTR * 2)[:, _POINT_CTR_VALS]
 
     # ------------------------------------------------------------------ windows
 
