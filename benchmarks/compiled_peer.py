@@ -94,6 +94,18 @@ def available() -> bool:
     return _NUMBA
 
 
+@njit(cache=True, inline="always")
+def _bad_sample(ti: float, last_t: float, mi: int, si: int, n_m: int, origin: float) -> int:
+    """0, or the _ERRORS code of a sample the one-pass kernels cannot take."""
+    if ti < last_t:
+        return 1
+    if mi < 0 or mi >= n_m:
+        return 3
+    if si == STATE and ti < origin:
+        return 2
+    return 0
+
+
 @njit(cache=True, nogil=True, fastmath=False, inline="always")
 def _add_segment(acc: np.ndarray, mi: int, c: int, t0: float, t1: float, starts: np.ndarray, now: float,
                  breaks: np.ndarray) -> None:
@@ -131,17 +143,14 @@ def _kernel(m: np.ndarray, s: np.ndarray, t: np.ndarray, v: np.ndarray, q: np.nd
         ti = t[i]
         if ti >= now or q[i] != GOOD:
             continue
-        if ti < last_t:
-            return 1
-        last_t = ti
         mi = m[i]
-        if mi < 0 or mi >= n_m:
-            return 3
         si = s[i]
         vi = v[i]
+        err = _bad_sample(ti, last_t, mi, si, n_m, origin)
+        if err:
+            return err
+        last_t = ti
         if si == STATE:
-            if ti < origin:
-                return 2
             # the code truncated toward zero, as pandas' astype("int64"); unmapped codes (and NaN) unknown
             c = UNKNOWN
             if vi > -1.0 and vi < n_code:
@@ -328,17 +337,14 @@ def _build(m: np.ndarray, s: np.ndarray, t: np.ndarray, v: np.ndarray, q: np.nda
         ti = t[i]
         if ti >= now or q[i] != GOOD:
             continue
-        if ti < last_t:
-            return 1
-        last_t = ti
         mi = m[i]
-        if mi < 0 or mi >= n_m:
-            return 3
         si = s[i]
         vi = v[i]
+        err = _bad_sample(ti, last_t, mi, si, n_m, origin)
+        if err:
+            return err
+        last_t = ti
         if si == STATE:
-            if ti < origin:
-                return 2
             c = UNKNOWN
             r = R_UNMAPPED
             if vi > -1.0 and vi < n_code:  # the code truncated toward zero, as the one-pass kernel
