@@ -32,6 +32,26 @@ from oee_stream.storage.writer import StorageWriter
 
 log = structlog.get_logger("oee")
 
+STOP_TIMEOUT_S = 15.0  # for the components to end once cancelled
+
+
+async def wait_stopped(tasks: list[asyncio.Task[None]], timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Wait for cancelled component tasks to end, at most `timeout`; returns the names of those still running.
+
+    A component that does not end is logged with where it waits (`component_did_not_stop`) instead of
+    holding the process, and a systemd stop, forever.
+    """
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for t in done:
+        if not t.cancelled():
+            t.exception()  # retrieved: its failure was logged by `supervise`
+    for t in pending:
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(t.get_stack(limit=10)))
+        log.error("component_did_not_stop", component=t.get_name(), timeout_s=timeout, waiting_at=where)
+    return sorted(t.get_name() for t in pending)
+
 
 class _Server(uvicorn.Server):
     # The supervisor owns the signals; uvicorn must not install its own handlers.
@@ -179,7 +199,7 @@ async def running_service(
                 await asyncio.wait_for(asyncio.shield(api_task), timeout=5)
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await wait_stopped(tasks)
 
 
 async def serve_until_stopped(settings: Settings, *, embedded: bool, simulate: bool, banner: bool = True) -> None:
