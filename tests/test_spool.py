@@ -250,13 +250,17 @@ async def test_broker_outage_and_connector_restart_lose_nothing(mqtt_broker: Any
                         buffer=sp, linger_s=0.01, retry_max_s=0.5, ack_timeout_s=2.0)
         return pub, sp, stats
 
+    phases: list[int] = []  # samples submitted in each phase
+
     async def produce(pub: Publisher, until: float) -> None:
+        start = len(submitted)
         while time.monotonic() < until:
             i = next(seq)
             s = Sample("press-1", "total", 1_700_000_000.0 + i, i)
             submitted.append(s)
             pub.submit([s])
             await asyncio.sleep(0.01)
+        phases.append(len(submitted) - start)
 
     before = Collector(mqtt_broker.url, site)
     after = None
@@ -272,7 +276,7 @@ async def test_broker_outage_and_connector_restart_lose_nothing(mqtt_broker: Any
         sp.close()
         # "restart": a new publisher on the same spool, still without a broker
         pub, sp, stats = make_pub()
-        assert len(sp) > 50, "the spool did not keep what the first publisher could not send"
+        assert len(sp) >= phases[1] > 0, "the spool did not keep what the first publisher could not send"
         async with pub:
             await produce(pub, time.monotonic() + 1.5)
             mqtt_broker.start()
@@ -291,7 +295,9 @@ async def test_broker_outage_and_connector_restart_lose_nothing(mqtt_broker: Any
         assert set(values) == {s.value for s in submitted}
         dedup = list(dict.fromkeys(values))
         assert dedup == sorted(dedup)
-        assert len(submitted) > 400
+        # the producer ran in every phase (before, during the outage, across the restart, after): how many it
+        # managed depends on the machine's speed, so only that each phase had some is asserted
+        assert len(phases) == 4 and min(phases) > 0, phases
     finally:
         before.close()
         if after is not None:
