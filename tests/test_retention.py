@@ -23,6 +23,8 @@ async def _seed(db: str, now: float) -> None:
     async with StorageWriter(db) as w:
         await w.write_samples([Sample("press-1", "total", now - d * DAY - i, float(i))
                                for d in (1, 100, 200) for i in range(5)])
+        # connector events go with the samples (a restarted engine reads both back)
+        await w.write_connector_events([("press-1", now - d * DAY, "c1", "online", "s") for d in (1, 100)])
         await w.write_results([make_result("press-1", "hour", now - d * DAY - (now % 3600)) for d in (1, 800, 900)])
         await w.write_state_intervals([
             StateInterval("press-1", now - 900 * DAY, now - 899 * DAY, "unplanned_stop", "old"),  # deleted
@@ -35,7 +37,7 @@ async def _seed(db: str, now: float) -> None:
 def _counts(db: str) -> dict[str, int]:
     with psycopg.connect(db) as conn:
         return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # type: ignore[index]
-                for t in ("samples", "oee_results", "state_intervals")}
+                for t in ("samples", "connector_events", "oee_results", "state_intervals")}
 
 
 def _deleted_metric(table: str) -> float:
@@ -45,12 +47,12 @@ def _deleted_metric(table: str) -> float:
 async def test_prune_deletes_rows_older_than_the_horizons_in_batches(db: str) -> None:
     now = time.time()
     await _seed(db, now)
-    assert _counts(db) == {"samples": 15, "oee_results": 3, "state_intervals": 3}
+    assert _counts(db) == {"samples": 15, "connector_events": 2, "oee_results": 3, "state_intervals": 3}
     before = _deleted_metric("samples")
     got = prune(db, Retention(samples=timedelta(days=90), state_intervals=timedelta(days=730),
                               oee_results=timedelta(days=730)), batch_size=3)
-    assert got == {"samples": 10, "state_intervals": 1, "oee_results": 2}
-    assert _counts(db) == {"samples": 5, "oee_results": 1, "state_intervals": 2}
+    assert got == {"samples": 10, "connector_events": 1, "state_intervals": 1, "oee_results": 2}
+    assert _counts(db) == {"samples": 5, "connector_events": 1, "oee_results": 1, "state_intervals": 2}
     assert _deleted_metric("samples") - before == 10
     with psycopg.connect(db) as conn:
         left = conn.execute("SELECT machine_id, reason FROM state_intervals ORDER BY 1").fetchall()
@@ -74,7 +76,8 @@ async def test_retention_loop_runs_in_the_service(db: str) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert _counts(db) == {"samples": 5, "oee_results": 3, "state_intervals": 3}  # history kept (0 = for ever)
+    assert _counts(db) == {"samples": 5, "connector_events": 1, "oee_results": 3,
+                           "state_intervals": 3}  # history kept (0 = for ever)
 
 
 def test_retention_from_settings() -> None:

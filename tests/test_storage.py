@@ -133,6 +133,8 @@ def test_timescaledb_statements_follow_the_2x_api() -> None:
     assert "add_retention_policy('samples', drop_after => INTERVAL '90 days', if_not_exists => TRUE)" in sql
     assert "WITH (timescaledb.continuous" in sql and "WITH NO DATA" in sql
     assert "add_continuous_aggregate_policy('oee_hourly'" in sql
+    assert "create_hypertable('connector_events', by_range('time', INTERVAL '30 days'), if_not_exists => TRUE)" in sql
+    assert "add_retention_policy('connector_events', drop_after => INTERVAL '90 days', if_not_exists => TRUE)" in sql
 
 
 def test_key_changes_on_timescaledb_run_with_compression_disabled() -> None:

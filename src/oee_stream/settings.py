@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     tick_s: float = Field(1.0, gt=0, description="how often the engine advances windows and publishes")
     write_every_ticks: int = Field(1, ge=1, description="write results to the database every N ticks")
     data_dir: Path = Field(Path("var"), description="embedded PostgreSQL data, spools, recordings")
+    warm_start: bool = Field(True, description="at start, read the engine's last day back from the database so "
+                                               "windows go on where the last run left them")
     record_path: Path | None = Field(None, description="append every bus message the engine reads here (replay)")
     retention_samples_days: float = Field(90, ge=0, description="keep raw samples this long (0 = for ever)")
     retention_history_days: float = Field(730, ge=0, description="keep KPI results and state intervals this long "

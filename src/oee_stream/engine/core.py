@@ -814,6 +814,17 @@ class Engine:
 
     def ingest(self, samples: Sequence[Sample], now: float) -> IngestReport:
         """Map bus samples to arrays (machine ids, product names) and ingest them."""
+        m, s, t, v, q, pre_reject = self.sample_arrays(samples)
+        report = self.ingest_arrays(m, s, t, v, q, now=now)
+        if pre_reject:
+            rejected = dict(report.rejected)
+            rejected.update(pre_reject)
+            report.rejected = sorted(rejected.items())
+        return report
+
+    def sample_arrays(self, samples: Sequence[Sample]) -> tuple[I64, I8, F64, F64, I8, dict[int, str]]:
+        """The columns `ingest_arrays` takes (machine indices, signal codes, product indices), and the rows
+        refused already here (an unknown product) with their reasons."""
         n = len(samples)
         m = np.full(n, -1, np.int64)
         s = np.full(n, -1, np.int8)
@@ -842,12 +853,7 @@ class Engine:
                 v[i] = np.nan if val is None else _to_float(val)
             else:
                 v[i] = float(val)
-        report = self.ingest_arrays(m, s, t, v, q, now=now)
-        if pre_reject:
-            rejected = dict(report.rejected)
-            rejected.update(pre_reject)
-            report.rejected = sorted(rejected.items())
-        return report
+        return m, s, t, v, q, pre_reject
 
     def _all_valid(self, m: I64, s: I8, t: F64, v: F64, q: I8, now: float) -> bool:
         """A sufficient test that every row of a batch is valid, from a few reductions instead of per-row
@@ -1076,6 +1082,10 @@ class Engine:
             m, s, t, v, q = parts[0]
         else:
             m, s, t, v, q = (np.concatenate([p[i] for p in parts]) for i in range(5))
+        if len(t) and float(t.min()) < self.origin:
+            # A connector gap that began before the engine's memory (an offline moment older than the
+            # origin): unknown from the origin on, as a sample older than the origin holds from it.
+            t = np.maximum(t, self.origin)
         due = t < now
         if not due.all():
             fut = ~due

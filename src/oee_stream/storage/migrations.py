@@ -341,11 +341,34 @@ ALTER TABLE oee_results SET (
 SELECT add_compression_policy('oee_results', INTERVAL '{HISTORY_COMPRESS_AFTER}', if_not_exists => TRUE);
 """
 
+# The connectors' online/offline events as the engine applied them, so that a restarted engine can rebuild
+# its windows from the database (`oee_stream.storage.history`): the samples alone cannot tell a connector
+# outage (unknown time) from a machine that sent nothing new. Kept as long as the samples.
+_V5_COMMON = """
+CREATE TABLE IF NOT EXISTS connector_events (
+    time        timestamptz NOT NULL,
+    machine_id  text        NOT NULL,
+    connector   text        NOT NULL,
+    state       text        NOT NULL CHECK (state IN ('online', 'offline')),
+    session     text        NOT NULL DEFAULT '',
+    PRIMARY KEY (machine_id, time, state, session)
+);
+COMMENT ON TABLE connector_events IS 'A connector going offline (its last will) or coming online, per machine, at the time the engine applied it; a new session after an offline event means the data in between was lost.';
+"""
+_V5_TIMESCALEDB = f"""
+SELECT create_hypertable('connector_events', by_range('time', INTERVAL '30 days'), if_not_exists => TRUE);
+SELECT add_retention_policy('connector_events', drop_after => INTERVAL '{SAMPLES_RETENTION}', if_not_exists => TRUE);
+"""
+_V5_POSTGRESQL = """
+CREATE INDEX IF NOT EXISTS connector_events_time_idx ON connector_events (time);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables", _V1_COMMON, _V1_TIMESCALEDB, _V1_POSTGRESQL),
     Migration(2, "roll-ups", "", _V2_TIMESCALEDB, _V2_POSTGRESQL),
     Migration(3, "entity kind in the result key", "", _V3_TIMESCALEDB, _V3_COMMON),
     Migration(4, "operator reasons, audit log, API keys, API config", _V4_COMMON),
+    Migration(5, "connector events", _V5_COMMON, _V5_TIMESCALEDB, _V5_POSTGRESQL),
 )
 
 

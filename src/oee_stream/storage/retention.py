@@ -28,7 +28,8 @@ from oee_stream import metrics
 log = structlog.get_logger(__name__)
 
 # Table -> its time column (the hypertables' partitioning column).
-TIME_COLUMNS: dict[str, str] = {"samples": "time", "state_intervals": "start_time", "oee_results": "window_start"}
+TIME_COLUMNS: dict[str, str] = {"samples": "time", "connector_events": "time", "state_intervals": "start_time",
+                                "oee_results": "window_start"}
 _EXTRA_CONDITION: dict[str, str] = {"state_intervals": " AND end_time IS NOT NULL"}
 RETENTION_LOCK_KEY = 0x0EE5_7EA2  # pg_try_advisory_lock: one instance prunes at a time
 
@@ -50,7 +51,9 @@ class Retention:
         return cls(samples=td(samples), state_intervals=td(history), oee_results=td(history))
 
     def horizons(self) -> dict[str, timedelta | None]:
-        return {"samples": self.samples, "state_intervals": self.state_intervals, "oee_results": self.oee_results}
+        # Connector events go with the samples: a restarted engine reads both over the same span.
+        return {"samples": self.samples, "connector_events": self.samples, "state_intervals": self.state_intervals,
+                "oee_results": self.oee_results}
 
 
 def prune(conninfo: str, retention: Retention, *, batch_size: int = 10_000, pause_s: float = 0.0,

@@ -39,7 +39,7 @@ from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES
 
 log = structlog.get_logger(__name__)
 
-Kind = Literal["samples", "results", "intervals", "configs", "dead_letters"]
+Kind = Literal["samples", "events", "results", "intervals", "configs", "dead_letters"]
 
 # Called after a batch of results or state intervals is committed, with the rows as the database now holds
 # them (RETURNING of the upsert: a result row the database kept because it was newer is not in the list;
@@ -204,6 +204,11 @@ _CONFIG_INSERT = """
 INSERT INTO config_versions (config_hash, body) VALUES (%s, %s) ON CONFLICT (config_hash) DO NOTHING
 """
 
+_EVENTS_INSERT = """
+INSERT INTO connector_events (time, machine_id, connector, state, session) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
 _DEAD_LETTER_INSERT = """
 INSERT INTO dead_letters (id, received_at, reason, topic, payload) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (id) DO NOTHING
@@ -351,6 +356,10 @@ class StorageWriter:
             return False
         self._append("samples", rows)
         return True
+
+    async def write_connector_events(self, events: Iterable[tuple[str, float, str, str, str]]) -> None:
+        """(machine, time the engine applied it, connector, online | offline, session) rows."""
+        await self._put("events", [(_ts(ts), m, c, st, ses) for m, ts, c, st, ses in events])
 
     async def write_results(self, results: Iterable[KpiResult]) -> None:
         now = datetime.now(tz=UTC)
@@ -511,6 +520,8 @@ class StorageWriter:
                     await cur.executemany(_INTERVALS_UPSERT, rows)
                 elif kind == "configs":
                     await cur.executemany(_CONFIG_INSERT, rows)
+                elif kind == "events":
+                    await cur.executemany(_EVENTS_INSERT, rows)
                 else:
                     await cur.executemany(_DEAD_LETTER_INSERT, rows)
         # Committed (the transaction block has exited): now the rows may be shown as the database's.
