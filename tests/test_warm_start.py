@@ -48,6 +48,11 @@ def _ms(x: float) -> float:
     return round(x, 3)
 
 
+def _status(ts: float, connector: str, state: str, machines: tuple[str, ...], session: str) -> Message:
+    st = ConnectorStatus(connector, state, _ms(ts), machines, session)  # type: ignore[arg-type]
+    return Message(bus.status_topic(SITE, connector), bus.encode_status(st), True)
+
+
 def _traffic(seed: int) -> list[tuple[float, Message]]:
     """(arrival time, bus message) in arrival order."""
     rng = random.Random(seed)
@@ -57,8 +62,7 @@ def _traffic(seed: int) -> list[tuple[float, Message]]:
         out.append((arrive, Message(bus.batch_topic(SITE, machine), bus.encode_batch(connector, samples), False)))
 
     def status(arrive: float, connector: str, state: str, machines: tuple[str, ...], session: str) -> None:
-        st = ConnectorStatus(connector, state, _ms(arrive), machines, session)  # type: ignore[arg-type]
-        out.append((arrive, Message(bus.status_topic(SITE, connector), bus.encode_status(st), False)))
+        out.append((arrive, _status(arrive, connector, state, machines, session)))
 
     status(NOW - 61 * 3600, "c1", "online", ("m1",), "s0")
     status(NOW - 31 * 3600, "c2", "online", ("m2",), "s1")
@@ -144,6 +148,11 @@ async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> Non
     async with StorageWriter(db) as writer:
         warm = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: NOW)
         ws = await warm.warm_start()
+        # Nothing is known after the newest row read back until the connectors' retained statuses come:
+        # both kept running here (same sessions), so nothing was lost.
+        assert warm.engine.results(NOW)[0].state == "unknown"
+        await warm.handle_messages([_status(NOW - 3 * 3600 + 60, "c1", "online", ("m1",), "s1"),
+                                    _status(NOW - 4 * 3600, "c2", "online", ("m2",), "s2")])
     assert ws.start <= NOW - warm.engine.retention_s and ws.events == 7 and ws.samples > 1000
     got = {_key(r): r for r in warm.engine.results(NOW)}
     assert got.keys() == want.keys()
@@ -155,6 +164,19 @@ async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> Non
     assert day_m2.seconds["unknown"] >= 3600 - 61  # from when the last will reached the engine
     day_m1 = next(r for k, r in got.items() if k[:3] == ("machine", "m1", "24h"))
     assert day_m1.seconds["unknown"] >= 2 * 3600 and day_m1.seconds["running"] > 0
+
+    # A connector that restarted with the service (a new session) lost what happened while the service was
+    # down: unknown from the newest row the engine read back.
+    async with StorageWriter(db) as writer:
+        again = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: NOW)
+        await again.warm_start()
+        await again.handle_messages([_status(NOW - 3 * 3600 + 60, "c1", "online", ("m1",), "s1"),
+                                     _status(NOW, "c2", "online", ("m2",), "s3")])
+    with psycopg.connect(db) as conn:
+        newest = conn.execute("SELECT extract(epoch FROM max(time))::float8 FROM samples").fetchone()[0]  # type: ignore[index]
+    recent = {r.entity: r for r in again.engine.results(NOW) if r.window == "15m" and r.entity_kind == "machine"}
+    assert recent["m2"].seconds["unknown"] == pytest.approx(NOW - newest, abs=1e-3)
+    assert recent["m1"].seconds["unknown"] == 0.0
 
     # Without the warm start the same restart shows another day (this is what a restart used to do).
     async with StorageWriter(db) as writer:

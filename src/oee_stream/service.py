@@ -277,6 +277,11 @@ class EngineService:
         engine's memory begins holds at its start; connector events come back with their sessions, so a
         connector outage stays unknown time. Samples are fed an hour at a time in time order (none is late
         against the one before), and `on_chunk` runs after each hour (the service drains the bus there).
+        The engine knows nothing after the newest row it read: every connector online then is taken as
+        offline from that moment, until its retained status comes over the bus (read right after this). The
+        same session (a connector on an edge box that kept running; the broker kept its messages) lifts it;
+        a new session (connectors restarted with the service) leaves the service's downtime unknown.
+
         Figures agree with the run that wrote the rows to the database's microsecond; one difference is
         known: a series' very first sample that reached the live engine more than allowed_lateness_s behind
         its machine's other signals held from its arrival there, and holds from its own time here.
@@ -290,13 +295,25 @@ class EngineService:
         machines = list(eng.cp.machine_ids)
         out = WarmStart(start=start)
         t0 = last_log = time.monotonic()
+        online: dict[str, history.ConnectorEvent] = {}  # connector -> its newest event, while online
+        newest = -math.inf
+
+        def apply(ev: history.ConnectorEvent) -> None:
+            nonlocal newest
+            eng.connector_status(ev.machines, ev.state, ev.ts, ev.session)
+            out.events += 1
+            newest = max(newest, ev.ts)
+            if ev.state == "online":
+                online[ev.connector] = ev
+            else:
+                online.pop(ev.connector, None)
+
         log.info("engine_warm_start", since=iso(start), hours=round((now - start) / 3600.0, 1))
         async with self.writer.pool.connection(timeout=30.0) as conn:
             for ev in await history.read_event_anchors(conn, start):
                 if ev.state == "offline":  # the session it ended, for telling a restart from a reconnect
                     eng.connector_status(ev.machines, "online", ev.ts, ev.session)
-                eng.connector_status(ev.machines, ev.state, ev.ts, ev.session)
-                out.events += 1
+                apply(ev)
             anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
             out.samples += self._warm_feed(anchors, None, now)
             a = start
@@ -305,11 +322,12 @@ class EngineService:
                 b = a + WARM_CHUNK_S if a + WARM_CHUNK_S < now else math.inf
                 hi = min(b, now + eng.policies.max_clock_skew_s + WARM_CHUNK_S)
                 for ev in await history.read_connector_events(conn, a, hi):
-                    eng.connector_status(ev.machines, ev.state, ev.ts, ev.session)
-                    out.events += 1
+                    apply(ev)
                 texts = await history.read_text_samples(conn, machines, ("product",), a, hi)
                 numeric = await history.read_numeric(conn, machines, _WARM_NUMERIC, a, hi)
                 out.samples += self._warm_feed(texts, numeric, now)
+                if len(numeric):
+                    newest = max(newest, float(numeric.t.max()))
                 eng.advance(min(b, now))
                 if on_chunk is not None:
                     on_chunk()
@@ -319,6 +337,9 @@ class EngineService:
                              percent=round(100.0 * (min(b, now) - start) / max(now - start, 1e-9), 1),
                              samples=out.samples)
                 a = b
+        if math.isfinite(newest):
+            for ev in online.values():
+                eng.connector_status(ev.machines, "offline", newest, ev.session)
         out.seconds = time.monotonic() - t0
         log.info("engine_warm_started", samples=out.samples, connector_events=out.events,
                  seconds=round(out.seconds, 3))
