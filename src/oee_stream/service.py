@@ -272,7 +272,8 @@ class EngineService:
         """Read the engine's memory back from the database after a restart.
 
         The samples table holds every sample the engine folded in and `connector_events` every connector
-        event it applied, so the windows of the last day (a shift, a day, the rolling windows) go on from
+        event it applied; reading back as far as any window reaches (the longest rolling window or a day,
+        plus allowed_lateness_s), the windows of the last day (a shift, a day, the rolling windows) go on from
         where the last run left them instead of starting empty. Each series' newest sample before the
         engine's memory begins holds at its start; connector events come back with their sessions, so a
         connector outage stays unknown time. Samples are fed an hour at a time in time order (none is late
@@ -289,7 +290,7 @@ class EngineService:
         assert self.writer is not None
         eng = self.engine
         now = self.clock() if now is None else now
-        start = math.floor((now - eng.retention_s) / 3600.0) * 3600.0
+        start = math.floor((now - min(eng.reach_s, eng.retention_s)) / 3600.0) * 3600.0
         if eng.origin is None:
             eng.origin = start
         machines = list(eng.cp.machine_ids)

@@ -689,7 +689,10 @@ class Engine:
         self.plant = plant
         self.policies = plant.policies
         max_window = max([w.seconds for w in plant.rolling_windows] + [DAY + 3600.0])
-        self.retention_s = retention_s or (max_window + self.policies.allowed_lateness_s + DAY)
+        # How far back any window reaches (a rolling window, or a local day still open to late data); the
+        # engine keeps a day more, so that it prunes once a day.
+        self.reach_s = max_window + self.policies.allowed_lateness_s
+        self.retention_s = retention_s or (self.reach_s + DAY)
         self._prune_every_s = prune_every_s
         # Fixed key span: the longest time between the origin and a sample before the next prune.
         self._span = float(2 ** math.ceil(math.log2(self.retention_s + 4 * DAY + self.policies.max_clock_skew_s)))
