@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import ssl
 import threading
@@ -31,6 +32,8 @@ PREFIX = f"oee/v{BUS_VERSION}"
 
 Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: tuple[Quality, ...] = ("good", "uncertain", "bad")
+
+log = logging.getLogger(__name__)
 
 # Signals the engine understands; any other signal name is informational (stored, not used for KPIs).
 KPI_SIGNALS = ("state", "run", "total", "reject", "input", "product", "startup_reject")
@@ -242,6 +245,9 @@ class _Will:
     payload: bytes
 
 
+LOOP_STOP_TIMEOUT_S = 6.0  # paho's connect timeout (5 s) and one slice of its reconnect wait (1 s)
+
+
 @dataclass
 class BusClient:
     """paho-mqtt v2 in its own network thread, bridged to asyncio.
@@ -256,18 +262,23 @@ class BusClient:
     will: _Will | None = None
     queue_size: int = 10_000
     on_connect_messages: list[Message] = field(default_factory=list)
+    # A named session (the client id) that the broker keeps while the client is away: its subscriptions
+    # stay, and QoS 1 messages for them are queued and delivered on the next connect (clean_session off).
+    session: str | None = None
+    dropped: int = 0  # messages given up after waiting 60 s for room in the queue (logged)
     _client: mqtt.Client = field(init=False)
     _loop: asyncio.AbstractEventLoop = field(init=False)
     _queue: asyncio.Queue[Message] = field(init=False)
     _connected: asyncio.Event = field(init=False)
     _thread_connected: threading.Event = field(init=False)
+    _closing: threading.Event = field(init=False)
 
     def __post_init__(self) -> None:
-        cid = self.settings.client_id or f"oee-stream-{uuid.uuid4().hex[:10]}"
+        cid = self.session or self.settings.client_id or f"oee-stream-{uuid.uuid4().hex[:10]}"
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cid,
-            clean_session=True,
+            clean_session=self.session is None,
             protocol=mqtt.MQTTv311,
         )
         if self.settings.username:
@@ -286,6 +297,7 @@ class BusClient:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._thread_connected = threading.Event()
+        self._closing = threading.Event()
 
     def set_will(self, topic: str, payload: bytes) -> None:
         self.will = _Will(topic, payload)
@@ -300,7 +312,8 @@ class BusClient:
         for m in self.on_connect_messages:
             client.publish(m.topic, m.payload, qos=1, retain=m.retain)
         self._thread_connected.set()
-        self._loop.call_soon_threadsafe(self._connected.set)
+        with contextlib.suppress(RuntimeError):  # the event loop is closed already
+            self._loop.call_soon_threadsafe(self._connected.set)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self._thread_connected.clear()
@@ -309,9 +322,26 @@ class BusClient:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
-        fut = asyncio.run_coroutine_threadsafe(self._queue.put(m), self._loop)
-        with contextlib.suppress(Exception):
-            fut.result(timeout=60)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._queue.put(m), self._loop)
+        except RuntimeError:  # the event loop is closed already
+            return
+        # Wait for room in the queue (back-pressure), at most 60 s, and not beyond the client's close:
+        # loop_stop() waits for this thread.
+        deadline = time.monotonic() + 60
+        while not self._closing.is_set() and time.monotonic() < deadline:
+            try:
+                fut.result(timeout=0.25)
+                return
+            except TimeoutError:
+                continue
+            except Exception:
+                return
+        fut.cancel()
+        if not self._closing.is_set():
+            self.dropped += 1
+            log.error("bus message dropped: the consumer took no message for 60 s (topic %s, %d dropped)",
+                      msg.topic, self.dropped)
 
     @property
     def connected(self) -> bool:
@@ -321,6 +351,7 @@ class BusClient:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue(self.queue_size)
         self._connected = asyncio.Event()
+        self._closing.clear()
         # connect_async + loop_start: paho keeps retrying in its thread, so a broker that is down at
         # start-up is not fatal; callers wait on `wait_connected` with their own timeout.
         self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
@@ -328,12 +359,25 @@ class BusClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
         with contextlib.suppress(Exception):
             self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
+        # loop_stop() joins paho's network thread: at once normally, up to paho's connect timeout (5 s) when
+        # a connection attempt is under way. Bounded, so a stuck thread (it is a daemon) cannot hold a stop.
+        stopping = asyncio.ensure_future(asyncio.to_thread(self._client.loop_stop))
+        await asyncio.wait({stopping}, timeout=LOOP_STOP_TIMEOUT_S)
+        if stopping.done():
+            stopping.result()
+        else:
+            log.warning("MQTT client of %s:%d: paho's network thread did not stop within %gs",
+                        self.settings.host, self.settings.port, LOOP_STOP_TIMEOUT_S)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        """Wait until connected to the broker; TimeoutError after `timeout` seconds (None: no limit)."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives just as the
+        # connection comes up (CPython gh-86296), and the caller's loop would never end.
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain)

@@ -51,7 +51,8 @@ async def record_bus(plant: Plant, mqtt_url: str, output: Path, seconds: float |
         while deadline is None or time.monotonic() < deadline:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                msg = await asyncio.wait_for(client.get(), timeout=timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancel on 3.11
+                    msg = await client.get()
             except TimeoutError:
                 break
             f.write(orjson.dumps({"t": time.time(), "topic": msg.topic,

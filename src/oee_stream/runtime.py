@@ -48,9 +48,24 @@ async def wait_stopped(tasks: list[asyncio.Task[None]], timeout: float = STOP_TI
         if not t.cancelled():
             t.exception()  # retrieved: its failure was logged by `supervise`
     for t in pending:
-        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(t.get_stack(limit=10)))
-        log.error("component_did_not_stop", component=t.get_name(), timeout_s=timeout, waiting_at=where)
+        log.error("component_did_not_stop", component=t.get_name(), timeout_s=timeout, waiting_at=waiting_at(t))
     return sorted(t.get_name() for t in pending)
+
+
+def waiting_at(task: asyncio.Task[Any], limit: int = 20) -> str:
+    """Where a suspended task waits, innermost frame first: `sleep:649 <- _poll_loop:226 <- run:102`.
+
+    `Task.get_stack()` shows only the task's own coroutine; this follows the chain of awaited coroutines
+    (and async generators) down to the innermost one.
+    """
+    frames: list[str] = []
+    aw: Any = task.get_coro()
+    while aw is not None and len(frames) < limit:
+        frame = getattr(aw, "cr_frame", None) or getattr(aw, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        aw = getattr(aw, "cr_await", None) or getattr(aw, "ag_await", None)
+    return " <- ".join(reversed(frames))
 
 
 class _Server(uvicorn.Server):
@@ -136,7 +151,8 @@ async def running_service(
         writer = await stack.enter_async_context(StorageWriter(db_url))
         await writer.record_config(plant)
         service = EngineService(plant, ms, writer, tick_s=settings.tick_s,
-                                write_every_ticks=settings.write_every_ticks, record_to=settings.record_path)
+                                write_every_ticks=settings.write_every_ticks, record_to=settings.record_path,
+                                warm=settings.warm_start, session=settings.mqtt_session)
         # The demo keeps its spool in memory; a plant installation spools to disk under the data dir, so
         # samples survive a broker outage and a connector restart.
         connectors = [build_connector(c, ms, default_buffer="memory" if embedded else "disk",
@@ -178,14 +194,18 @@ async def running_service(
                 name="retention"))
         tasks.append(asyncio.create_task(supervise("api", server.serve()), name="api"))
         try:
-            # Ready, or the engine stopped trying (its error, e.g. no broker, is the one to report).
-            ready = asyncio.create_task(service.ready.wait())
-            await asyncio.wait({ready, tasks[0]}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            if not ready.done():
-                ready.cancel()
-                if tasks[0].done():
-                    tasks[0].result()
-                raise RuntimeError("the engine was not ready within 60 s (see the log above)")
+            # Connected, or the engine stopped trying (its error, e.g. no broker, is the one to report); then
+            # ready, once it has read its memory back from the database (it logs its progress).
+            for what, event, limit in (("connected to the broker", service.connected, 60.0),
+                                       ("ready", service.ready, None)):
+                waiter = asyncio.create_task(event.wait())
+                await asyncio.wait({waiter, tasks[0]}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                    if tasks[0].done():
+                        tasks[0].result()
+                    raise RuntimeError(f"the engine was not {what} within {limit:g} s (see the log above)"
+                                       if limit is not None else "the engine stopped before it was ready")
             deadline = asyncio.get_running_loop().time() + 30
             while not server.started:
                 if any(t.done() for t in tasks) or asyncio.get_running_loop().time() > deadline:
@@ -195,11 +215,16 @@ async def running_service(
         finally:
             server.should_exit = True
             api_task = tasks[-1]
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(api_task), timeout=5)
+            interrupted = False
+            try:
+                await asyncio.wait({api_task}, timeout=5)
+            except asyncio.CancelledError:  # stopped again meanwhile: stop the rest first, then pass it on
+                interrupted = True
             for t in tasks:
                 t.cancel()
             await wait_stopped(tasks)
+            if interrupted:
+                raise asyncio.CancelledError()
 
 
 async def serve_until_stopped(settings: Settings, *, embedded: bool, simulate: bool, banner: bool = True) -> None:

@@ -231,8 +231,8 @@ def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> Fast
             if refresher is not None and cache is not None:
                 cache.stop()
                 refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(refresher, 5)
+                # Bounded, and a cancellation of the lifespan itself meanwhile is not swallowed.
+                await asyncio.wait({refresher}, timeout=5)
             await pool.close()
 
     app = FastAPI(

@@ -23,6 +23,7 @@ from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerType
 
 from oee_stream.bus import MqttSettings, Sample
+from oee_stream.connectors.aio import check_cancelled
 from oee_stream.connectors.base import Backoff, BaseConnector, register_connector
 from oee_stream.connectors.config import ModbusConfig, ModbusRegister, RegisterKind, ResolvedModbusGroup
 from oee_stream.connectors.modbus_codec import (
@@ -147,11 +148,18 @@ class _Link:
             name=f"modbus-{self.cfg.id}",
         )
         try:
-            ok = await asyncio.wait_for(client.connect(), self.cfg.timeout_s + 1.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can return a connection made just as we are
+            # cancelled, swallowing the cancellation (see connectors/aio.py)
+            async with asyncio.timeout(self.cfg.timeout_s + 1.0):
+                ok = await client.connect()
+            await check_cancelled()  # pymodbus' own wait_for may have swallowed it
         except (TimeoutError, OSError, ModbusException) as exc:
             client.close()
             self.failed(f"connect: {exc!r}")
             raise ConnectionError(f"cannot connect to {self.cfg.controller}: {exc!r}") from exc
+        except BaseException:  # cancelled: never leave a half-made connection open
+            client.close()
+            raise
         if not ok:
             client.close()
             self.failed("connect refused")
@@ -211,11 +219,15 @@ class ModbusConnector(BaseConnector):
         interval = group.poll_interval_ms / 1000.0
         next_t = time.monotonic()
         while True:
+            await check_cancelled()  # a cancellation swallowed below us must still end the loop
             try:
-                emit(await self.poll_once(link, blocks))
+                samples = await self.poll_once(link, blocks)
+                await check_cancelled()
+                emit(samples)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let a surprise kill the loop
+                await check_cancelled()  # ... unless it is a cancellation in disguise
                 log.exception("connector %s: poll of group %s failed", self.id, group.name)
                 self.stats.source_errors += 1
                 emit(bad_samples((r for b in blocks for r in b.items), time.time()))
@@ -234,9 +246,11 @@ class ModbusConnector(BaseConnector):
         out: list[Sample] = []
         for bi, block in enumerate(blocks):
             try:
-                async with link.lock:
-                    resp = await asyncio.wait_for(self._read(client, block), self.cfg.timeout_s + 1.0)
+                async with link.lock, asyncio.timeout(self.cfg.timeout_s + 1.0):
+                    resp = await self._read(client, block)
             except (TimeoutError, ModbusException, OSError) as exc:
+                # pymodbus < 3.16 reports a cancelled request as ModbusIOException (pymodbus#3009)
+                await check_cancelled()
                 if isinstance(exc, TimeoutError) or "timeout" in str(exc).lower():
                     self.stats.extra["timeouts"] += 1
                 link.failed(f"read {block.register} {block.start}+{block.count}: {exc!r}")

@@ -49,6 +49,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from oee_stream.bus import MqttSettings, Quality, Sample
+from oee_stream.connectors.aio import check_cancelled, stop_task, wait_ended
 from oee_stream.connectors.base import Backoff, BaseConnector, register_connector
 from oee_stream.connectors.config import OpcUaConfig, OpcUaNode, ResolvedOpcUaGroup
 
@@ -235,6 +236,7 @@ class OpcUaConnector(BaseConnector):
         healthy = True  # "was fine until now": the first failure marks all nodes bad once
         connected_before = False
         while True:
+            await check_cancelled()  # a cancellation swallowed below us must still end the loop
             handler = _Handler(self, emit)
 
             def on_up(handler: _Handler = handler) -> None:
@@ -251,6 +253,7 @@ class OpcUaConnector(BaseConnector):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                await check_cancelled()  # a cancellation in disguise is no source error
                 self.stats.source_errors += 1
                 self.stats.last_error = str(exc) if isinstance(exc, SecuritySetupError) else repr(exc)
                 # A security set-up problem needs a person: say it at every attempt, not only the first.
@@ -295,7 +298,9 @@ class OpcUaConnector(BaseConnector):
         assert cfg.server_certificate is not None  # validated with security on
         pinned = _load_cert_der(cfg.server_certificate)
         probe = Client(cfg.endpoint, timeout=cfg.timeout_s)
-        endpoints = await asyncio.wait_for(probe.connect_and_get_server_endpoints(), cfg.timeout_s * 2)
+        async with asyncio.timeout(cfg.timeout_s * 2):  # closes its socket itself, also when cancelled
+            endpoints = await probe.connect_and_get_server_endpoints()
+        await check_cancelled()
         uri = _POLICIES[cfg.security_policy].URI
         mode = _MODES[cfg.security_mode]
         match = [e for e in endpoints if e.SecurityPolicyUri == uri and e.SecurityMode == mode]
@@ -314,7 +319,8 @@ class OpcUaConnector(BaseConnector):
     async def _connect(self, client: Client) -> None:
         cfg = self.cfg
         try:
-            await asyncio.wait_for(client.connect(), cfg.timeout_s * 2)
+            async with asyncio.timeout(cfg.timeout_s * 2):
+                await client.connect()
         except UaStatusCodeError as exc:
             code = exc.code
             if code in _USER_REJECTED:
@@ -342,6 +348,7 @@ class OpcUaConnector(BaseConnector):
         client = await self._make_client()
         try:
             await self._connect(client)
+            await check_cancelled()  # asyncua opens its socket with asyncio.wait_for, which may have swallowed it
         except BaseException:
             await self._close(client)
             raise
@@ -371,16 +378,16 @@ class OpcUaConnector(BaseConnector):
         subs = 0
         for group in self.cfg.groups():
             for part in chunks(group.nodes, self.cfg.max_nodes_per_subscription):
-                sub = await asyncio.wait_for(
-                    client.create_subscription(self._sub_params(group), handler), self.cfg.timeout_s * 2
-                )
+                async with asyncio.timeout(self.cfg.timeout_s * 2):
+                    sub = await client.create_subscription(self._sub_params(group), handler)
                 subs += 1
                 requests: list[ua.MonitoredItemCreateRequest] = []
                 for n in part:
                     handle += 1
                     handler.targets[handle] = _Target(n.machine, n.signal)
                     requests.append(self._item_request(await self._resolve(client, n.node_id), handle, group, n))
-                results = await asyncio.wait_for(sub.create_monitored_items(requests), self.cfg.timeout_s * 2)
+                async with asyncio.timeout(self.cfg.timeout_s * 2):
+                    results = await sub.create_monitored_items(requests)
                 for n, res in zip(part, results, strict=True):
                     if isinstance(res, ua.StatusCode):
                         self.stats.extra["bad_nodes"] += 1
@@ -431,23 +438,41 @@ class OpcUaConnector(BaseConnector):
         """Probe the server state node every watchdog interval; raise ConnectionLost on failure."""
         state_node = client.get_node(ObjectIds.Server_ServerStatus_State)
         while True:
+            # Timeouts with asyncio.timeout, not wait_for: on 3.11 wait_for may hand back a read completing
+            # just as the task is cancelled and swallow the cancellation; this loop would never end.
+            await check_cancelled()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(handler.lost.wait(), self.cfg.watchdog_interval_s)
+                async with asyncio.timeout(self.cfg.watchdog_interval_s):
+                    await handler.lost.wait()
             if handler.lost.is_set():
                 raise ConnectionLost(handler.lost_reason)
             try:
-                state = await asyncio.wait_for(state_node.read_value(), self.cfg.timeout_s)
+                async with asyncio.timeout(self.cfg.timeout_s):
+                    state = await state_node.read_value()
             except (TimeoutError, OSError, ConnectionError, UaError) as exc:
+                await check_cancelled()
                 raise ConnectionLost(f"server state read failed: {exc!r}") from exc
             if state not in (ua.ServerState.Running, 0):
                 raise ConnectionLost(f"server state is {state!r}")
 
     async def _close(self, client: Client) -> None:
-        """Disconnect within a bounded time; on a dead connection just drop the socket."""
+        """Disconnect within a bounded time; on a dead connection, or when cancelled meanwhile, drop the socket.
+
+        `client.disconnect()` runs in a task of its own and is waited for at most the bound: a timeout put
+        around it is not enough, because asyncua's close swallows the cancellation while it stops the client's
+        helper tasks and then waits for the CloseSession answer up to the client's request timeout.
+        """
+        closing = asyncio.create_task(client.disconnect(), name=f"opcua-disconnect-{self.id}")
         try:
-            await asyncio.wait_for(client.disconnect(), min(self.cfg.timeout_s, 2.0))
-        except BaseException as exc:  # includes CancelledError: still drop the socket, then re-raise
+            ended = await wait_ended(closing, min(self.cfg.timeout_s, 2.0))
+        except asyncio.CancelledError:  # cancelled (again) while closing: drop the link now
+            closing.cancel()
             with contextlib.suppress(Exception):
                 client.disconnect_socket()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            raise
+        if ended and (closing.cancelled() or closing.exception() is None):
+            return
+        # Failed, or too slow (a dead server): drop the socket; the abandoned close then fails at once.
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+        await stop_task(closing, 1.0)

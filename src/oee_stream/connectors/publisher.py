@@ -21,8 +21,11 @@ from typing import Any, Protocol
 
 from oee_stream import bus
 from oee_stream.bus import BusClient, Message, MqttSettings, Sample
+from oee_stream.connectors.aio import check_cancelled, stop_task
 
 log = logging.getLogger(__name__)
+
+PUBLISH_TASK_STOP_S = 5.0  # for the publishing task to end once cancelled
 
 
 @dataclass
@@ -192,17 +195,20 @@ class Publisher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        # A clean disconnect does not fire the last will: say offline ourselves.
-        with contextlib.suppress(Exception):
-            if self.bus.connected:
-                await self.bus.publish_and_wait(self._status_topic, self._offline, retain=True, timeout=2.0)
-        await self.bus.__aexit__(*exc)
-        self.stats.broker_connected = False
+        # Every wait here is bounded, and a cancellation of the caller meanwhile is passed on, never
+        # swallowed; the broker session (paho's network thread) is closed whatever happens.
+        try:
+            task, self._task = self._task, None
+            if task is not None and not await stop_task(task, PUBLISH_TASK_STOP_S):
+                log.error("connector %s: the publishing task did not end within %gs of its cancellation",
+                          self.connector_id, PUBLISH_TASK_STOP_S)
+            # A clean disconnect does not fire the last will: say offline ourselves.
+            with contextlib.suppress(Exception):
+                if self.bus.connected:
+                    await self.bus.publish_and_wait(self._status_topic, self._offline, retain=True, timeout=2.0)
+        finally:
+            await self.bus.__aexit__(*exc)
+            self.stats.broker_connected = False
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until the buffer is empty (everything acknowledged); False on timeout."""
@@ -218,6 +224,7 @@ class Publisher:
     async def _publish_loop(self) -> None:
         delay = self.retry_initial_s
         while True:
+            await check_cancelled()  # a cancellation swallowed below us must still end the loop
             if not len(self.buffer):
                 self._wakeup.clear()
                 await self._wakeup.wait()

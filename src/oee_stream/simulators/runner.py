@@ -224,9 +224,7 @@ class PlantSimulator:
         """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task)
 
     def held_until(self, now: float) -> None:
         """After `freeze`: every machine held its last state up to `now`; record that in the ledger.
@@ -246,6 +244,22 @@ class PlantSimulator:
             await self.catch_up()
             delay = self.simulation.peek_ts() - time.time()
             await asyncio.sleep(min(max(delay, 0.0), MAX_SLEEP_S))
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end (a failure of its own is raised).
+
+    Unlike `with suppress(CancelledError): await task`, a cancellation of the *caller* while it waits is passed
+    on, not swallowed.
+    """
+    me = asyncio.current_task()
+    before = me.cancelling() if me is not None else 0
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if me is not None and me.cancelling() > before:
+            raise
 
 
 def _resolve_plant(plant: Plant | Path | str) -> Plant:
@@ -301,18 +315,20 @@ async def run_plant_simulator(
         yield sim
     finally:
         failure: BaseException | None = None
-        if sim is not None and sim._task is not None:
-            task = sim._task
-            if task.done() and not task.cancelled():
-                failure = task.exception()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for server in reversed(started):
-            try:
-                await server.stop()
-            except Exception:
-                log.exception("stopping %s failed", type(server).__name__)
+        try:
+            if sim is not None and sim._task is not None:
+                task = sim._task
+                if not task.done():
+                    await _cancel_and_wait(task)
+                elif not task.cancelled():
+                    failure = task.exception()
+        finally:
+            # The servers stop even when the driver failed or this task is cancelled once more meanwhile.
+            for server in reversed(started):
+                try:
+                    await server.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(server).__name__)
         if failure is not None:
             raise RuntimeError("the plant simulator's driver task failed") from failure
 

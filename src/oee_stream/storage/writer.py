@@ -322,11 +322,13 @@ class StorageWriter:
             self.dropped_rows += left
             log.error("storage_writer_closed_with_buffered_rows", rows=left, last_error=self.last_error)
         self._closing = True
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        await self.pool.close()
+        task, self._task = self._task, None
+        task.cancel()
+        try:
+            # Bounded, and a cancellation of the caller meanwhile is passed on, never swallowed.
+            await asyncio.wait({task}, timeout=5)
+        finally:
+            await self.pool.close()
 
     async def __aenter__(self) -> StorageWriter:
         await self.start()
