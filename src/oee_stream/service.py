@@ -200,6 +200,7 @@ class EngineService:
         clock: Callable[[], float] = time.time,
         record_to: Path | None = None,
         warm: bool = True,
+        session: str | None = None,
     ) -> None:
         self.plant = plant
         self.site = plant.site.id
@@ -214,6 +215,7 @@ class EngineService:
         self.connected = asyncio.Event()  # to the broker; `ready` follows once the engine is warm
         self._record_to = record_to
         self.warm = warm  # read the engine's memory back from the database at start
+        self.session = session  # the broker keeps what arrives for the engine while it is away
         self._record_file: Any = None
         self._bus: bus.BusClient | None = None
         self._dups_seen = 0  # engine duplicates already counted in the Prometheus counter
@@ -224,7 +226,7 @@ class EngineService:
 
     async def run(self) -> None:
         subs = [f"{bus.PREFIX}/{self.site}/+/+"]
-        client = bus.BusClient(self.mqtt, subscriptions=subs, queue_size=50_000)
+        client = bus.BusClient(self.mqtt, subscriptions=subs, queue_size=50_000, session=self.session)
         if self._record_to is not None:
             self._record_to.parent.mkdir(parents=True, exist_ok=True)
             self._record_file = self._record_to.open("ab")
@@ -252,8 +254,11 @@ class EngineService:
                 next_tick = self.clock()
                 while True:
                     timeout = max(0.0, next_tick - self.clock())
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                    # comes as a message arrives (gh-86296), and this loop would then never end.
                     try:
-                        first = await asyncio.wait_for(client.get(), timeout=timeout)
+                        async with asyncio.timeout(timeout):
+                            first = await client.get()
                         batch = [first, *client.drain(20_000)]
                     except TimeoutError:
                         batch = []

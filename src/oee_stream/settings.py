@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_ca_file: str | None = None
+    mqtt_session: str | None = Field(None, description="the engine's persistent MQTT session (client id): the "
+                                                       "broker queues the bus for the engine while it is down")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     anonymous_read: bool = Field(False, description="allow GET routes without an API key (the demo turns it on)")
