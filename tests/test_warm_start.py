@@ -135,13 +135,19 @@ async def _feed(svc: EngineService, clock: list[float], traffic: list[tuple[floa
     await svc.handle_messages(batch)
 
 
-async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> None:
-    plant = _plant()
+async def _live_run(db: str, seed: int) -> EngineService:
+    """The run before the restart: the traffic through the bus path, everything written to the database."""
     clock = [0.0]
     async with StorageWriter(db) as writer:
-        live = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: clock[0])
-        await _feed(live, clock, _traffic(seed=3))
+        live = EngineService(_plant(), bus.MqttSettings(), writer, clock=lambda: clock[0])
+        await _feed(live, clock, _traffic(seed))
         await writer.flush(30)
+    return live
+
+
+async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> None:
+    plant = _plant()
+    live = await _live_run(db, seed=3)
     assert live.engine.stats.late_dropped == 1 and live.engine.stats.rederived_machines >= 1
     want = {_key(r): r for r in live.engine.results(NOW)}
 
@@ -189,12 +195,7 @@ async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> Non
 async def test_the_historian_keeps_what_the_engine_folded_in(db: str) -> None:
     """A sample dropped as late is a dead letter with its lag, not a stored sample; connector events are
     stored per machine at the time the engine applied them."""
-    plant = _plant()
-    clock = [0.0]
-    async with StorageWriter(db) as writer:
-        live = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: clock[0])
-        await _feed(live, clock, _traffic(seed=5))
-        await writer.flush(30)
+    await _live_run(db, seed=5)
     late_t = datetime.fromtimestamp(_ms(NOW - 3600 - 4000), tz=UTC)
     with psycopg.connect(db) as conn:
         stored = conn.execute("SELECT count(*) FROM samples WHERE machine_id = 'm1' AND signal = 'state' "
