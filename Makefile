@@ -27,6 +27,7 @@ bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/polled_plant.py
+	$(BIN)/python benchmarks/warm_start.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
