@@ -10,8 +10,10 @@ must not (the restart problem this solves).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,3 +213,31 @@ async def test_the_historian_keeps_what_the_engine_folded_in(db: str) -> None:
                                        ("m1", "offline", "s1"), ("m1", "online", "s1")]
     # an offline event (a last will) is applied when it arrives: the batch's time, not the will's
     assert events[4][3] == pytest.approx(NOW - 5 * 3600, abs=61)
+
+
+async def test_the_warm_start_waits_for_the_database(database_url: str, mqtt_url: str) -> None:
+    """A database that is not there yet when the service starts: the engine does not start without its
+    memory (it would write a restarted shift over the stored one); it is ready once the database answers."""
+    from oee_stream.embedded import with_database
+    from oee_stream.storage.migrations import migrate
+
+    name = f"oee_warm_{uuid.uuid4().hex[:8]}"
+    url = with_database(database_url, name)
+    async with StorageWriter(url, acquire_timeout_s=1.0) as writer:
+        svc = EngineService(_plant(), bus.MqttSettings(url=mqtt_url), writer)
+        task = asyncio.create_task(svc.run())
+        try:
+            async with asyncio.timeout(20):
+                await svc.connected.wait()
+            await asyncio.sleep(2.0)
+            assert not svc.ready.is_set()  # no database, no memory: not ready
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            migrate(url)
+            async with asyncio.timeout(60):
+                await svc.ready.wait()
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -245,7 +245,7 @@ class EngineService:
                 # the bus client's queue never fills up.
                 backlog: list[bus.Message] = []
                 if self.writer is not None and self.warm:
-                    await self.warm_start(on_chunk=lambda: backlog.extend(client.drain(1 << 30)))
+                    await self._warm_start_retrying(lambda: backlog.extend(client.drain(1 << 30)))
                 backlog.extend(client.drain(1 << 30))
                 for i in range(0, len(backlog), 20_000):
                     await self.handle_messages(backlog[i:i + 20_000])
@@ -271,6 +271,23 @@ class EngineService:
             self._bus = None
             if self._record_file is not None:
                 self._record_file.close()
+
+    async def _warm_start_retrying(self, drain: Callable[[], None]) -> None:
+        """The warm start, again from an empty engine until the database answers: starting without the
+        memory would write a restarted shift over the stored one. The bus is drained while it waits."""
+        delay = 1.0
+        while True:
+            try:
+                await self.warm_start(on_chunk=drain)
+                return
+            except (psycopg.Error, PoolTimeout, OSError) as exc:
+                log.warning("engine_warm_start_failed", retry_in_s=delay,
+                            error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+            self.engine = Engine(self.plant)
+            for _ in range(int(delay / 0.1)):
+                drain()
+                await asyncio.sleep(0.1)
+            delay = min(delay * 2, 15.0)
 
     async def warm_start(self, now: float | None = None, *,
                          on_chunk: Callable[[], None] | None = None) -> WarmStart:
@@ -315,7 +332,7 @@ class EngineService:
                 online.pop(ev.connector, None)
 
         log.info("engine_warm_start", since=iso(start), hours=round((now - start) / 3600.0, 1))
-        async with self.writer.pool.connection(timeout=30.0) as conn:
+        async with self.writer.pool.connection(timeout=self.writer.acquire_timeout_s) as conn:
             for ev in await history.read_event_anchors(conn, start):
                 if ev.state == "offline":  # the session it ended, for telling a restart from a reconnect
                     eng.connector_status(ev.machines, "online", ev.ts, ev.session)
