@@ -1087,8 +1087,9 @@ class Engine:
             m, s, t, v, q = (np.concatenate([p[i] for p in parts]) for i in range(5))
         if len(t) and float(t.min()) < self.origin:
             # A connector gap that began before the engine's memory (an offline moment older than the
-            # origin): unknown from the origin on, as a sample older than the origin holds from it.
-            t = np.maximum(t, self.origin)
+            # origin): unknown from the origin on, as a sample older than the origin holds from it. (Samples
+            # are placed at ingest; one a prune left behind is the prune's to anchor, not moved here.)
+            t = np.where((s == GAP) & (t < self.origin), self.origin, t)
         due = t < now
         if not due.all():
             fut = ~due
