@@ -38,12 +38,28 @@ from benchmarks.connectors import cpu_seconds, free_port, spawn_child, stop, wai
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def with_db(url: str, name: str) -> str:
+def create_database(admin: str) -> tuple[str, str] | None:
+    """A database with a random name on `admin`'s server: (name, URL); None, said why, when the server does not
+    answer. Drop it with `drop_database`."""
     import psycopg
 
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
+    from oee_stream.embedded import with_database
+
+    name = f"oee_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        print(f"PostgreSQL at {admin} is unreachable, nothing to measure: {exc}")
+        return None
+    return name, with_database(admin, name)
+
+
+def drop_database(admin: str, name: str) -> None:
+    import psycopg
+
+    with contextlib.suppress(Exception), psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def plant_and_engine(n_machines: int) -> tuple[Any, Any, float]:
@@ -222,14 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     from oee_stream.storage.migrations import migrate
 
     admin = os.environ.get("OEE_BENCH_DATABASE_URL", DEFAULT_DB)
-    name = f"oee_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        print(f"PostgreSQL at {admin} is unreachable, nothing to measure: {exc}")
+    created = create_database(admin)
+    if created is None:
         return 1
-    url = with_db(admin, name)
+    name, url = created
     procs: list[subprocess.Popen[bytes]] = []
     try:
         t0 = time.perf_counter()
@@ -262,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         for e in errs:
             if "Traceback" in e:
                 print(f"   child stderr tail: {e.strip()[-400:]}")
-        with contextlib.suppress(Exception), psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(admin, name)
 
     ok_codes = res["status"].get(200, 0)
     print(f"\n{'measure':<58} {'value':>12}  target")

@@ -22,16 +22,15 @@
    into NumPy columns (`read_numeric`), fed to `Engine.ingest_arrays`, then `Engine.advance`.
 3. The baseline does the same work the naive way: the same connector-event and anchor reads, then per hour
    `SELECT extract(epoch FROM time)::float8, machine_id, signal, value, text_value, quality FROM samples
-   WHERE time >= a AND time < b` + fetchall, one `bus.Sample` per row, `Engine.ingest(samples, now=now)`,
-   then `Engine.advance`.
+   WHERE time >= a AND time < b` + fetchall, one `bus.Sample` per row, converted to columns the way
+   `Engine.ingest` does (`Engine.sample_arrays`), then `Engine.ingest_arrays` and `Engine.advance`.
    Each path runs in its own child process (so that its peak resident size, ru_maxrss, is its own), best of
-   --repeat, each repeat with a fresh EngineService / Engine on the same writer pool. The parts: "read" is
-   the database reads (connector events, anchors, then per hour binary COPY + parse into columns and the
-   product rows for warm_start, SELECT + fetchall into tuples for the baseline), "engine" the rest (for the
-   baseline one Sample per row, `Engine.ingest`, `advance`; for warm_start `_warm_feed`, `advance`). The
-   baseline's parts are timed within its timed runs; warm_start cannot be split without instrumenting it,
-   so after its timed runs the same steps are done one by one (its history reads, `_warm_feed`,
-   `Engine.advance`) --repeat times with a fresh service, and timed by part.
+   --repeat, each repeat with a fresh EngineService on the same writer pool. Both paths are
+   `EngineService.warm_start`; the baseline passes it another span reader (`read=naive_read_span`). The
+   parts: "read" is the span reader (per hour binary COPY + parse into columns and the product rows for
+   warm_start; SELECT + fetchall into tuples and one bus Sample per row for the baseline), timed by
+   `TimedReader`; "engine" is the rest of warm_start (connector events, anchors, converting the samples to
+   columns, `Engine.ingest_arrays`, `advance`).
 4. Before the table: both paths must give the same `engine.results(now)`: every window of every machine and
    roll-up, every KPI, time-class seconds and downtime reason (|a - b| <= 1e-9 * max(1, |a|, |b|)); every
    repeat of a path must also give what its first gave. main() returns 1 (and prints DIFFERS) otherwise.
@@ -50,7 +49,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -60,9 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +69,8 @@ for _p in (ROOT / "src", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
+from benchmarks.api import DEFAULT_DB, create_database, drop_database
+
 TOLERANCE = 1e-9
 SIGNALS = ("state", "total", "reject")
 STATE_CHANGE_S = 900.0  # a state change every ~15 min
@@ -87,14 +84,6 @@ NAIVE_SQL = ("SELECT extract(epoch FROM time)::float8, machine_id, signal, value
 KPI_FIELDS = ("availability", "performance", "quality", "oee", "teep", "utilization", "coverage", "total", "good",
               "reject", "ppt_s", "run_time_s", "net_run_time_s", "fully_productive_s", "stops", "mtbf_s", "mttr_s",
               "end")
-
-
-def with_db(url: str, name: str) -> str:
-    import psycopg
-
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo("", **info)
 
 
 def rss_mib() -> float:
@@ -218,144 +207,31 @@ def load(url: str, n_machines: int, hours: float, interval: float, now_ms: int) 
 # ------------------------------------------------------------------------------------------ the two paths
 
 
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
+class TimedReader:
+    """A warm start's span reader that counts its seconds and the rows it returned: the "read" part; the
+    rest of warm_start (events, anchors, conversion, ingest, advance) is the "engine" part."""
 
-
-def _span(eng: Any, now: float) -> float:
-    """Where warm_start's reading begins (the same formula as EngineService.warm_start)."""
-    return float(math.floor((now - min(eng.reach_s, eng.retention_s)) / 3600.0) * 3600.0)
-
-
-def _hours(eng: Any, now: float) -> Iterator[tuple[float, float, float]]:
-    """(a, b, hi) of every hour warm_start reads: [a, hi) is read, the engine advanced to min(b, now)."""
-    from oee_stream.service import WARM_CHUNK_S
-
-    a = _span(eng, now)
-    while a < now:
-        b = a + WARM_CHUNK_S if a + WARM_CHUNK_S < now else math.inf
-        yield a, b, min(b, now + eng.policies.max_clock_skew_s + WARM_CHUNK_S)
-        a = b
-
-
-class Split:
-    """Seconds spent reading the database and in the engine (conversion, ingest, advance), and rows read."""
-
-    def __init__(self) -> None:
-        self.read = self.engine = 0.0
+    def __init__(self, read: Any) -> None:
+        self.read = read
+        self.seconds = 0.0
         self.rows = 0
-        self._t = time.perf_counter()
 
-    def lap(self) -> float:
-        t, self._t = self._t, time.perf_counter()
-        return self._t - t
-
-    def start(self) -> None:
-        self._t = time.perf_counter()
-
-
-async def _replay_events(eng: Any, conn: Any, start: float, online: dict[str, Any]) -> float:
-    """warm_start's connector events before `start`; the newest event time (-inf if none)."""
-    from oee_stream.storage import history
-
-    newest = -math.inf
-    for ev in await history.read_event_anchors(conn, start):
-        if ev.state == "offline":
-            eng.connector_status(ev.machines, "online", ev.ts, ev.session)
-        newest = max(newest, _apply(eng, ev, online))
-    return newest
+    async def __call__(self, conn: Any, machines: Any, start: float, end: float) -> Any:
+        t0 = time.perf_counter()
+        texts, numeric = await self.read(conn, machines, start, end)
+        self.seconds += time.perf_counter() - t0
+        self.rows += len(texts) + (0 if numeric is None else len(numeric))
+        return texts, numeric
 
 
-def _apply(eng: Any, ev: Any, online: dict[str, Any]) -> float:
-    eng.connector_status(ev.machines, ev.state, ev.ts, ev.session)
-    if ev.state == "online":
-        online[ev.connector] = ev
-    else:
-        online.pop(ev.connector, None)
-    return float(ev.ts)
-
-
-async def naive_warm_start(eng: Any, pool: Any, now: float, split: Split) -> int:
-    """EngineService.warm_start with the samples read as rows and fed as bus samples; accepted samples."""
+async def naive_read_span(conn: Any, machines: Any, start: float, end: float) -> tuple[list[Any], None]:
+    """The baseline's reader: every row as a tuple, one bus Sample per row (converted again by the engine)."""
     from oee_stream.bus import Sample
-    from oee_stream.service import ENGINE_SIGNALS
-    from oee_stream.storage import history
-    from oee_stream.storage.schema import QUALITY_NAMES
+    from oee_stream.storage.schema import QUALITY_NAMES, to_utc
 
-    start = _span(eng, now)
-    if eng.origin is None:
-        eng.origin = start
-    machines = list(eng.cp.machine_ids)
-    online: dict[str, Any] = {}
-    accepted = 0
-    async with pool.connection(timeout=30.0) as conn:
-        split.start()
-        newest = await _replay_events(eng, conn, start, online)
-        anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
-        split.read += split.lap()
-        split.rows += len(anchors)
-        if anchors:
-            accepted += eng.ingest(anchors, now=now).accepted
-        split.engine += split.lap()
-        for a, b, hi in _hours(eng, now):
-            for ev in await history.read_connector_events(conn, a, hi):
-                newest = max(newest, _apply(eng, ev, online))
-            cur = await conn.execute(NAIVE_SQL, (_utc(a), _utc(hi)))
-            rows = await cur.fetchall()
-            split.read += split.lap()
-            split.rows += len(rows)
-            samples = [Sample(m, s, ts, text if text is not None else value, QUALITY_NAMES.get(q, "bad"))
-                       for ts, m, s, value, text, q in rows]
-            if rows:
-                newest = max(newest, max(r[0] for r in rows))
-            del rows
-            accepted += eng.ingest(samples, now=now).accepted
-            del samples
-            eng.advance(min(b, now))
-            split.engine += split.lap()
-    if math.isfinite(newest):
-        for ev in online.values():
-            eng.connector_status(ev.machines, "offline", newest, ev.session)
-    return accepted
-
-
-async def split_warm_start(svc: Any, pool: Any, now: float, split: Split) -> int:
-    """EngineService.warm_start step by step (its reads, its `_warm_feed`, `Engine.advance`) with the read
-    and the engine timed apart: warm_start itself cannot be split without instrumenting it."""
-    from oee_stream.service import ENGINE_SIGNALS
-    from oee_stream.storage import history
-
-    eng = svc.engine
-    start = _span(eng, now)
-    if eng.origin is None:
-        eng.origin = start
-    machines = list(eng.cp.machine_ids)
-    numeric_signals = tuple(s for s in ENGINE_SIGNALS if s != "product")
-    online: dict[str, Any] = {}
-    async with pool.connection(timeout=30.0) as conn:
-        split.start()
-        newest = await _replay_events(eng, conn, start, online)
-        anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
-        split.read += split.lap()
-        split.rows += len(anchors)
-        accepted = int(svc._warm_feed(anchors, None, now))
-        split.engine += split.lap()
-        for a, b, hi in _hours(eng, now):
-            for ev in await history.read_connector_events(conn, a, hi):
-                newest = max(newest, _apply(eng, ev, online))
-            texts = await history.read_text_samples(conn, machines, ("product",), a, hi)
-            numeric = await history.read_numeric(conn, machines, numeric_signals, a, hi)
-            split.read += split.lap()
-            split.rows += len(texts) + len(numeric)
-            accepted += int(svc._warm_feed(texts, numeric, now))
-            if len(numeric):
-                newest = max(newest, float(numeric.t.max()))
-            eng.advance(min(b, now))
-            split.engine += split.lap()
-    if math.isfinite(newest):
-        for ev in online.values():
-            eng.connector_status(ev.machines, "offline", newest, ev.session)
-    return accepted
+    cur = await conn.execute(NAIVE_SQL, (to_utc(start), to_utc(end)))
+    return [Sample(m, sig, ts, text if text is not None else value, QUALITY_NAMES.get(q, "bad"))
+            for ts, m, sig, value, text, q in await cur.fetchall()], None
 
 
 def digest(results: list[Any]) -> dict[str, dict[str, float]]:
@@ -401,63 +277,39 @@ async def child(kind: str, url: str, n_machines: int, now: float, repeat: int) -
     from benchmarks import engine as be
 
     from oee_stream import bus
-    from oee_stream.engine import Engine
-    from oee_stream.service import EngineService
+    from oee_stream.service import EngineService, read_span
     from oee_stream.storage.writer import StorageWriter
 
     plant = be.make_plant(n_machines)
     base_rss = rss_mib()
     totals: list[float] = []
-    splits: list[Split] = []
+    readers: list[TimedReader] = []
     first: dict[str, dict[str, float]] | None = None
     repeats_agree = True
     accepted: list[int] = []
-
-    def check(eng: Any) -> None:
-        nonlocal first, repeats_agree
-        got = digest(eng.results(now))
-        if first is None:
-            first = got
-        else:
-            repeats_agree &= not compare(first, got)["problems"]
-
     async with StorageWriter(url) as writer:
-        # the path as a whole, best of `repeat`; for the baseline the same runs time their parts
         for _ in range(repeat):
             gc.collect()
-            split = Split()
-            if kind == "warm":
-                svc = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: now)
-                t0 = time.perf_counter()
-                ws = await svc.warm_start(now=now)
-                totals.append(time.perf_counter() - t0)
-                eng, n = svc.engine, ws.samples
-                del svc
+            reader = TimedReader(read_span if kind == "warm" else naive_read_span)
+            svc = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: now)
+            t0 = time.perf_counter()
+            ws = await svc.warm_start(now=now, read=reader)
+            totals.append(time.perf_counter() - t0)
+            readers.append(reader)
+            accepted.append(ws.samples)
+            got = digest(svc.engine.results(now))
+            if first is None:
+                first = got
             else:
-                eng = Engine(plant)
-                t0 = time.perf_counter()
-                n = await naive_warm_start(eng, writer.pool, now, split)
-                totals.append(time.perf_counter() - t0)
-                splits.append(split)
-            accepted.append(n)
-            check(eng)
-            del eng
+                repeats_agree &= not compare(first, got)["problems"]
+            del svc
         peak = peak_rss_mib()
-        if kind == "warm":  # warm_start's parts, from the same steps done one by one
-            for _ in range(repeat):
-                gc.collect()
-                split = Split()
-                svc = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: now)
-                accepted.append(await split_warm_start(svc, writer.pool, now, split))
-                splits.append(split)
-                check(svc.engine)
-                del svc
-    best = min(splits, key=lambda x: x.read + x.engine)
-    return {"kind": kind, "accepted": accepted, "rows": best.rows, "total_s": min(totals),
-            "read_s": min(x.read for x in splits), "engine_s": min(x.engine for x in splits),
-            "split_totals": [x.read + x.engine for x in splits], "totals": totals, "peak_rss_mib": peak,
-            "base_rss_mib": base_rss, "repeats_agree": repeats_agree and len(set(accepted)) == 1 and
-            (kind != "warm" or accepted[0] == best.rows), "results": first}
+    best = min(range(repeat), key=lambda i: totals[i])
+    return {"kind": kind, "accepted": accepted, "rows": readers[best].rows, "total_s": totals[best],
+            "read_s": readers[best].seconds, "engine_s": totals[best] - readers[best].seconds, "totals": totals,
+            "peak_rss_mib": peak, "base_rss_mib": base_rss,
+            "repeats_agree": repeats_agree and len(set(accepted)) == 1 and accepted[0] == readers[best].rows,
+            "results": first}
 
 
 def run_child(kind: str, url: str, n_machines: int, now: float, repeat: int) -> dict[str, Any]:
@@ -500,19 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the database (its URL is printed)")
     args = ap.parse_args(argv)
 
-    import psycopg
-
     from oee_stream.storage.migrations import migrate
 
     admin = args.database_url
-    name = f"oee_bench_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        print(f"PostgreSQL at {admin} is unreachable, nothing to measure: {exc}")
+    created = create_database(admin)
+    if created is None:
         return 1
-    url = with_db(admin, name)
+    name, url = created
     now_ms = int(time.time() * 1000)
     now = now_ms / 1000
     try:
@@ -533,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept database: {url}")
         else:
-            with contextlib.suppress(Exception), psycopg.connect(admin, autocommit=True) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_database(admin, name)
 
     cmp = compare(warm["results"], naive["results"])
     same = warm["repeats_agree"] and naive["repeats_agree"]
@@ -558,9 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         ("baseline total (SELECT + fetchall, Sample, ingest)", naive["total_s"], f"{naive['peak_rss_mib']:.0f}",
          ratio(naive["total_s"], warm["total_s"])),
         ("warm_start read part (binary COPY + parse, product rows)", warm["read_s"], "", ""),
-        ("baseline read part (SELECT + fetchall)", naive["read_s"], "", ratio(naive["read_s"], warm["read_s"])),
-        ("warm_start engine part (_warm_feed + advance)", warm["engine_s"], "", ""),
-        ("baseline engine part (Samples + ingest + advance)", naive["engine_s"], "",
+        ("baseline read part (SELECT + fetchall, one Sample per row)", naive["read_s"], "",
+         ratio(naive["read_s"], warm["read_s"])),
+        ("warm_start engine part (the rest of warm_start)", warm["engine_s"], "", ""),
+        ("baseline engine part (Samples to columns, ingest, advance)", naive["engine_s"], "",
          ratio(naive["engine_s"], warm["engine_s"])),
     ]
     print(f"\n{'measure (' + fmt_n(rows) + ' rows read)':<58}{'seconds':>9}{'rows/s':>10}{'peak RSS MiB':>14}"
@@ -572,10 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         return ", ".join(f"{x:.2f}" for x in xs)
 
     print(f"(peak RSS: ru_maxrss of each path's own process, {warm['base_rss_mib']:.0f} / "
-          f"{naive['base_rss_mib']:.0f} MiB after imports and the plant model. Parts: best of {args.repeat} each; "
-          f"warm_start's from its steps done one by one (read + engine per run: {runs(warm['split_totals'])} s), "
-          f"the baseline's from its timed runs. Total per run, s: warm_start {runs(warm['totals'])}; "
-          f"baseline {runs(naive['totals'])})")
+          f"{naive['base_rss_mib']:.0f} MiB after imports and the plant model. Parts: of the fastest run; "
+          f"total per run, s: warm_start {runs(warm['totals'])}; baseline {runs(naive['totals'])})")
     return 0 if ok else 1
 
 

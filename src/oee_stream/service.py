@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,18 @@ class ChangeFilter:
                 self.intervals[k] = sig
         self.intervals = {k: v for k, v in self.intervals.items() if v[0] is None or v[0] > since}
         return out
+
+
+# Reads the engine's samples of [start, end) for a warm start: (bus samples, numeric columns or None).
+SpanReader = Callable[[Any, Sequence[str], float, float],
+                      Awaitable[tuple[list[bus.Sample], history.NumericSamples | None]]]
+
+
+async def read_span(conn: Any, machines: Sequence[str], start: float,
+                    end: float) -> tuple[list[bus.Sample], history.NumericSamples | None]:
+    """The engine's samples of [start, end): product names as rows, the numeric signals as columns."""
+    texts = await history.read_text_samples(conn, machines, ("product",), start, end)
+    return texts, await history.read_numeric(conn, machines, _WARM_NUMERIC, start, end)
 
 
 @dataclass
@@ -289,8 +301,8 @@ class EngineService:
                 await asyncio.sleep(0.1)
             delay = min(delay * 2, 15.0)
 
-    async def warm_start(self, now: float | None = None, *,
-                         on_chunk: Callable[[], None] | None = None) -> WarmStart:
+    async def warm_start(self, now: float | None = None, *, on_chunk: Callable[[], None] | None = None,
+                         read: SpanReader = read_span) -> WarmStart:
         """Read the engine's memory back from the database after a restart.
 
         The samples table holds every sample the engine folded in and `connector_events` every connector
@@ -299,7 +311,8 @@ class EngineService:
         where the last run left them instead of starting empty. Each series' newest sample before the
         engine's memory begins holds at its start; connector events come back with their sessions, so a
         connector outage stays unknown time. Samples are fed an hour at a time in time order (none is late
-        against the one before), and `on_chunk` runs after each hour (the service drains the bus there).
+        against the one before), and `on_chunk` runs after each hour (the service drains the bus there);
+        `read` reads an hour (benchmarks/warm_start.py times it, and puts a naive reader in its place).
         The engine knows nothing after the newest row it read: every connector online then is taken as
         offline from that moment, until its retained status comes over the bus (read right after this). The
         same session (a connector on an edge box that kept running; the broker kept its messages) lifts it;
@@ -338,7 +351,8 @@ class EngineService:
                     eng.connector_status(ev.machines, "online", ev.ts, ev.session)
                 apply(ev)
             anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
-            out.samples += self._warm_feed(anchors, None, now)
+            n, _newest = self._warm_feed(anchors, None, now)  # all older than the start: not the newest
+            out.samples += n
             a = start
             while a < now:
                 # The last hour reaches past now: a sample newer than the clock (skew) is the engine's to judge.
@@ -346,11 +360,9 @@ class EngineService:
                 hi = min(b, now + eng.policies.max_clock_skew_s + WARM_CHUNK_S)
                 for ev in await history.read_connector_events(conn, a, hi):
                     apply(ev)
-                texts = await history.read_text_samples(conn, machines, ("product",), a, hi)
-                numeric = await history.read_numeric(conn, machines, _WARM_NUMERIC, a, hi)
-                out.samples += self._warm_feed(texts, numeric, now)
-                if len(numeric):
-                    newest = max(newest, float(numeric.t.max()))
+                n, t_max = self._warm_feed(*await read(conn, machines, a, hi), now)
+                out.samples += n
+                newest = max(newest, t_max)
                 eng.advance(min(b, now))
                 if on_chunk is not None:
                     on_chunk()
@@ -368,8 +380,10 @@ class EngineService:
                  seconds=round(out.seconds, 3))
         return out
 
-    def _warm_feed(self, texts: list[bus.Sample], numeric: history.NumericSamples | None, now: float) -> int:
-        """Ingest one span's samples in one call (lateness is judged against what came before the call)."""
+    def _warm_feed(self, texts: list[bus.Sample], numeric: history.NumericSamples | None,
+                   now: float) -> tuple[int, float]:
+        """Ingest one span's samples in one call (lateness is judged against what came before the call);
+        (samples accepted, the newest sample's time or -inf)."""
         eng = self.engine
         m, s, t, v, q, _refused = eng.sample_arrays(texts)
         if numeric is not None and len(numeric):
@@ -379,8 +393,8 @@ class EngineService:
             v = np.concatenate([v, numeric.value])
             q = np.concatenate([q, _WARM_QUALITY[numeric.quality]])
         if not len(t):
-            return 0
-        return eng.ingest_arrays(m, s, t, v, q, now=now).accepted
+            return 0, -math.inf
+        return eng.ingest_arrays(m, s, t, v, q, now=now).accepted, float(t.max())
 
     async def handle_messages(self, batch: list[bus.Message]) -> None:
         now = self.clock()

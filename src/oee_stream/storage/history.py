@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy.typing as npt
 import psycopg
 
 from oee_stream.bus import Sample
-from oee_stream.storage.schema import QUALITY_NAMES
+from oee_stream.storage.schema import QUALITY_NAMES, to_utc
 
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
@@ -105,10 +104,6 @@ class ConnectorEvent:
     machines: tuple[str, ...]
 
 
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
-
-
 def parse_binary_copy(data: bytes | bytearray | memoryview) -> NumericSamples:
     """The columns of a binary COPY of (timestamptz, int4, int4, float8, int4) rows with no NULLs."""
     buf = memoryview(data)
@@ -135,7 +130,7 @@ def parse_binary_copy(data: bytes | bytearray | memoryview) -> NumericSamples:
 async def read_numeric(conn: psycopg.AsyncConnection[Any], machines: Sequence[str], signals: Sequence[str],
                        start: float, end: float) -> NumericSamples:
     """Samples of these machines and (numeric) signals with start <= time < end, in no particular order."""
-    params = {"machines": list(machines), "signals": list(signals), "start": _utc(start), "end": _utc(end)}
+    params = {"machines": list(machines), "signals": list(signals), "start": to_utc(start), "end": to_utc(end)}
     buf = bytearray()
     async with conn.cursor() as cur, cur.copy(_NUMERIC_COPY, params) as copy:
         async for chunk in copy:
@@ -152,7 +147,7 @@ def _sample(row: tuple[Any, ...]) -> Sample:
 async def read_text_samples(conn: psycopg.AsyncConnection[Any], machines: Sequence[str], signals: Sequence[str],
                             start: float, end: float) -> list[Sample]:
     """Samples of signals whose values may be text (a product name), as bus samples."""
-    cur = await conn.execute(_TEXT_ROWS, {"start": _utc(start), "end": _utc(end), "machines": list(machines),
+    cur = await conn.execute(_TEXT_ROWS, {"start": to_utc(start), "end": to_utc(end), "machines": list(machines),
                                           "signals": list(signals)})
     return [_sample(r) for r in await cur.fetchall()]
 
@@ -161,7 +156,7 @@ async def read_anchors(conn: psycopg.AsyncConnection[Any], machines: Sequence[st
                        before: float) -> list[Sample]:
     """The newest sample of every (machine, signal) before `before`: what each series holds at that time."""
     cur = await conn.execute(_ANCHORS, {"machines": list(machines), "signals": list(signals),
-                                        "before": _utc(before)})
+                                        "before": to_utc(before)})
     return [_sample(r) for r in await cur.fetchall()]
 
 
@@ -171,11 +166,11 @@ def _events(rows: list[tuple[Any, ...]]) -> list[ConnectorEvent]:
 
 async def read_connector_events(conn: psycopg.AsyncConnection[Any], start: float, end: float) -> list[ConnectorEvent]:
     """Connector events with start <= time < end, one per connector event (its machines together), in order."""
-    cur = await conn.execute(_EVENTS, {"start": _utc(start), "end": _utc(end)})
+    cur = await conn.execute(_EVENTS, {"start": to_utc(start), "end": to_utc(end)})
     return _events(await cur.fetchall())
 
 
 async def read_event_anchors(conn: psycopg.AsyncConnection[Any], before: float) -> list[ConnectorEvent]:
     """Each machine's newest connector event before `before` (grouped by event), in time order."""
-    cur = await conn.execute(_EVENT_ANCHORS, {"before": _utc(before)})
+    cur = await conn.execute(_EVENT_ANCHORS, {"before": to_utc(before)})
     return _events(await cur.fetchall())

@@ -5,7 +5,15 @@ Kept in one place so a column added for a KPI shows up in the DDL, the upsert an
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from oee_stream.engine.result import TIME_CLASSES
+
+
+def to_utc(epoch: float) -> datetime:
+    """An epoch time as the timezone-aware datetime psycopg sends as timestamptz."""
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
 
 # Sample quality as stored: a smallint keeps the hot table narrow; the mapping is also written to the
 # column comment so a Grafana user reading the table does not need this file.

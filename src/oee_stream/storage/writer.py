@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from oee_stream.bus import Sample
 from oee_stream.config import Plant
 from oee_stream.engine.result import TIME_CLASSES, KpiResult
-from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES
+from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES, to_utc
 
 log = structlog.get_logger(__name__)
 
@@ -63,10 +63,6 @@ class StateInterval:
 async def configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Pool `configure` hook: jsonb is parsed with orjson (several times faster than json.loads)."""
     set_json_loads(orjson.loads, conn)
-
-
-def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def _finite(x: Any) -> float | None:
@@ -100,7 +96,7 @@ def sample_row(s: Sample) -> tuple[Any, ...]:
         text = v
     else:
         value = _finite(v)
-    return (_ts(s.ts), s.machine, s.signal, value, text, QUALITY_CODES.get(s.quality, 2))
+    return (to_utc(s.ts), s.machine, s.signal, value, text, QUALITY_CODES.get(s.quality, 2))
 
 
 def result_row(r: KpiResult, computed_at: datetime) -> tuple[Any, ...]:
@@ -110,8 +106,8 @@ def result_row(r: KpiResult, computed_at: datetime) -> tuple[Any, ...]:
         "entity": r.entity,
         "entity_kind": r.entity_kind,
         "window_kind": r.window,
-        "window_start": _ts(r.start),
-        "window_end": _ts(r.end),
+        "window_start": to_utc(r.start),
+        "window_end": to_utc(r.end),
         "computed_at": computed_at,
         "availability": _finite(r.availability),
         "performance": _finite(r.performance),
@@ -141,8 +137,8 @@ def result_row(r: KpiResult, computed_at: datetime) -> tuple[Any, ...]:
 def interval_row(i: StateInterval) -> tuple[Any, ...]:
     return (
         i.machine,
-        _ts(i.start),
-        _ts(i.end) if i.end is not None else None,
+        to_utc(i.start),
+        to_utc(i.end) if i.end is not None else None,
         i.time_class,
         i.reason,
         i.reason_source,
@@ -361,7 +357,7 @@ class StorageWriter:
 
     async def write_connector_events(self, events: Iterable[tuple[str, float, str, str, str]]) -> None:
         """(machine, time the engine applied it, connector, online | offline, session) rows."""
-        await self._put("events", [(_ts(ts), m, c, st, ses) for m, ts, c, st, ses in events])
+        await self._put("events", [(to_utc(ts), m, c, st, ses) for m, ts, c, st, ses in events])
 
     async def write_results(self, results: Iterable[KpiResult]) -> None:
         now = datetime.now(tz=UTC)
@@ -385,7 +381,7 @@ class StorageWriter:
     ) -> uuid.UUID:
         dl_id = uuid.uuid4()
         raw = payload.encode("utf-8", "replace") if isinstance(payload, str) else payload
-        when = _ts(received_at if received_at is not None else time.time())
+        when = to_utc(received_at if received_at is not None else time.time())
         await self._put("dead_letters", [(dl_id, when, reason, topic, raw)])
         return dl_id
 
@@ -399,7 +395,7 @@ class StorageWriter:
                 "SELECT machine_id, extract(epoch FROM start_time)::float8, extract(epoch FROM end_time)::float8,"
                 " reason FROM state_intervals WHERE reason_source = 'operator' AND reason IS NOT NULL"
                 " AND (end_time IS NULL OR end_time > %s) ORDER BY machine_id, start_time",
-                (_ts(since),))
+                (to_utc(since),))
             return [(str(m), float(a), None if b is None else float(b), str(r)) for m, a, b, r in await cur.fetchall()]
 
     async def _put(self, kind: Kind, rows: list[tuple[Any, ...]]) -> None:
