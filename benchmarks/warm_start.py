@@ -18,8 +18,8 @@
    100 x 3 x 90 000 = 27 M rows (3.6 GiB with indexes), and on a 2-core machine with PostgreSQL 15 the load
    alone took ~2 min (binary COPY 105-113 s + VACUUM ANALYZE 5 s), before the runs of the two paths.
 2. `EngineService(plant, MqttSettings(), writer).warm_start(now=...)`: connector events, anchors, then per
-   hour the product names as rows (`read_text_samples`) and the numeric samples as one binary COPY parsed
-   into NumPy columns (`read_numeric`), fed to `Engine.ingest_arrays`, then `Engine.advance`.
+   hour the product names as rows (`read_text_samples`) and the numeric samples as binary arrays, one row per
+   series, parsed into NumPy columns (`read_numeric`), fed to `Engine.ingest_arrays`, then `Engine.advance`.
 3. The baseline does the same work the naive way: the same connector-event and anchor reads, then per hour
    `SELECT extract(epoch FROM time)::float8, machine_id, signal, value, text_value, quality FROM samples
    WHERE time >= a AND time < b` + fetchall, one `bus.Sample` per row, converted to columns the way
@@ -27,7 +27,7 @@
    Each path runs in its own child process (so that its peak resident size, ru_maxrss, is its own), best of
    --repeat, each repeat with a fresh EngineService on the same writer pool. Both paths are
    `EngineService.warm_start`; the baseline passes it another span reader (`read=naive_read_span`). The
-   parts: "read" is the span reader (per hour binary COPY + parse into columns and the product rows for
+   parts: "read" is the span reader (per hour binary arrays + parse into columns and the product rows for
    warm_start; SELECT + fetchall into tuples and one bus Sample per row for the baseline), timed by
    `TimedReader`; "engine" is the rest of warm_start (connector events, anchors, converting the samples to
    columns, `Engine.ingest_arrays`, `advance`).
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         ("warm_start total (EngineService.warm_start)", warm["total_s"], f"{warm['peak_rss_mib']:.0f}", ""),
         ("baseline total (SELECT + fetchall, Sample, ingest)", naive["total_s"], f"{naive['peak_rss_mib']:.0f}",
          ratio(naive["total_s"], warm["total_s"])),
-        ("warm_start read part (binary COPY + parse, product rows)", warm["read_s"], "", ""),
+        ("warm_start read part (binary arrays + parse, product rows)", warm["read_s"], "", ""),
         ("baseline read part (SELECT + fetchall, one Sample per row)", naive["read_s"], "",
          ratio(naive["read_s"], warm["read_s"])),
         ("warm_start engine part (the rest of warm_start)", warm["engine_s"], "", ""),

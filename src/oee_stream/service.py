@@ -48,7 +48,7 @@ BROKER_CONNECT_TIMEOUT_S = 30.0
 # A restarted engine reads its memory back from the database an hour of samples at a time.
 WARM_CHUNK_S = 3600.0
 WARM_PROGRESS_EVERY_S = 5.0
-# Numeric signals come as one binary COPY; product names may be text.
+# Numeric signals come as arrays (history.read_numeric); product names may be text.
 _WARM_NUMERIC = tuple(sig for sig in ENGINE_SIGNALS if sig != "product")
 _WARM_CODES = np.array([SIGNAL_CODES[sig] for sig in _WARM_NUMERIC], np.int8)
 _WARM_QUALITY = np.array([ENGINE_QUALITY[QUALITY_NAMES[c]] for c in sorted(QUALITY_NAMES)], np.int8)

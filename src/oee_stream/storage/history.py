@@ -2,14 +2,15 @@
 
 A restarted engine rebuilds its windows from them (`EngineService.warm_start`): the samples table holds
 every sample the engine folded in (dead and late samples go to `dead_letters` instead), and
-`connector_events` every online/offline event at the time the engine applied it. Numeric samples come as one binary COPY
-parsed straight into NumPy columns, so the engine gets them without a Python object per sample (the client
-still takes one message per row; `benchmarks/warm_start.py` measures it); product names (text) are few and
-come as rows.
+`connector_events` every online/offline event at the time the engine applied it. Numeric samples come as
+arrays, one row per series, parsed straight into NumPy columns, so the engine gets them without a message or
+a Python object per sample (`benchmarks/warm_start.py` measures it); product names (text) are few and come as
+rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,24 +25,26 @@ from oee_stream.storage.schema import QUALITY_NAMES, to_utc
 F64 = npt.NDArray[np.float64]
 I32 = npt.NDArray[np.int32]
 
-# PostgreSQL's binary COPY: an 11-byte signature, a flags word and a header-extension length, then per
-# row a field count and per field its length and big-endian bytes; a field count of -1 ends the data. A
-# timestamptz is sent as microseconds since 2000-01-01 UTC. Indices into the machine and signal lists come
-# from joins (hashed), not array_position (a linear search per row).
-_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-_ROW = np.dtype([("n", ">i2"), ("lt", ">i4"), ("t", ">i8"), ("lm", ">i4"), ("m", ">i4"), ("ls", ">i4"),
-                 ("s", ">i4"), ("lv", ">i4"), ("v", ">f8"), ("lq", ">i4"), ("q", ">i4")])
-_WIDTHS = {"lt": 8, "lm": 4, "ls": 4, "lv": 8, "lq": 4}
-_PG_EPOCH_US = 946_684_800 * 1_000_000
-
-_NUMERIC_COPY = """
-COPY (SELECT s.time, (mm.i - 1)::int4, (ss.i - 1)::int4, coalesce(s.value, 'NaN'::float8), s.quality::int4
-      FROM samples s
-      JOIN unnest(%(machines)s::text[]) WITH ORDINALITY AS mm(machine_id, i) ON mm.machine_id = s.machine_id
-      JOIN unnest(%(signals)s::text[]) WITH ORDINALITY AS ss(signal, i) ON ss.signal = s.signal
-      WHERE s.time >= %(start)s AND s.time < %(end)s)
-TO STDOUT (FORMAT BINARY)
+# Numeric samples come as one row per series, its times, values and qualities each in one array in
+# PostgreSQL's binary array format (`array_send`): a row per sample (what a COPY sends) costs the client a
+# message and a Python call per sample, three times the server's own work. Indices into the machine and
+# signal lists come from joins (hashed), not array_position (a linear search per row). A query's arrays are
+# built in the server's memory, so a span is read in pieces of at most MAX_ROWS_PER_QUERY samples, sized
+# from the rate of the piece before.
+_NUMERIC_ARRAYS = """
+SELECT (mm.i - 1)::int4, (ss.i - 1)::int4, array_send(array_agg(s.time)),
+       array_send(array_agg(coalesce(s.value, 'NaN'::float8))), array_send(array_agg(s.quality::int4))
+FROM samples s
+JOIN unnest(%(machines)s::text[]) WITH ORDINALITY AS mm(machine_id, i) ON mm.machine_id = s.machine_id
+JOIN unnest(%(signals)s::text[]) WITH ORDINALITY AS ss(signal, i) ON ss.signal = s.signal
+WHERE s.time >= %(start)s AND s.time < %(end)s
+GROUP BY mm.i, ss.i
 """
+MAX_ROWS_PER_QUERY = 1_000_000
+FIRST_PIECE_S = 60.0
+# A timestamptz is sent as microseconds since 2000-01-01 UTC.
+_PG_EPOCH_US = 946_684_800 * 1_000_000
+_TIMESTAMPTZ_OID, _INT4_OID, _FLOAT8_OID = 1184, 23, 701
 
 _TEXT_ROWS = """
 SELECT extract(epoch FROM time)::float8, machine_id, signal, value, text_value, quality FROM samples
@@ -104,38 +107,69 @@ class ConnectorEvent:
     machines: tuple[str, ...]
 
 
-def parse_binary_copy(data: bytes | bytearray | memoryview) -> NumericSamples:
-    """The columns of a binary COPY of (timestamptz, int4, int4, float8, int4) rows with no NULLs."""
+def parse_array_send(data: bytes | memoryview, oid: int, dtype: str) -> npt.NDArray[Any]:
+    """The elements of a one-dimensional array without NULLs in PostgreSQL's binary format, as big-endian
+    `dtype` (its width is the element's): the header (dimensions, NULL flag, element type, length, lower
+    bound), then per element its length and bytes."""
     buf = memoryview(data)
-    if len(buf) < 21 or bytes(buf[:11]) != _SIGNATURE:
-        raise ValueError("not a PostgreSQL binary COPY stream")
-    ext = int.from_bytes(buf[15:19], "big")
-    body = buf[19 + ext:]
-    if bytes(body[-2:]) != b"\xff\xff":
-        raise ValueError("binary COPY stream without its end marker")
-    body = body[:-2]
-    if len(body) % _ROW.itemsize:
-        raise ValueError(f"binary COPY body of {len(body)} bytes is not whole rows of {_ROW.itemsize}")
-    rows = np.frombuffer(body, dtype=_ROW)
-    if len(rows) and (bool((rows["n"] != 5).any())
-                      or any(bool((rows[k] != w).any()) for k, w in _WIDTHS.items())):
-        raise ValueError("binary COPY rows are not (timestamptz, int4, int4, float8, int4) without NULLs")
+    if len(buf) < 12:
+        raise ValueError("not a PostgreSQL binary array")
+    ndim, has_null, elem = (int.from_bytes(buf[k:k + 4], "big", signed=True) for k in (0, 4, 8))
+    if elem != oid:
+        raise ValueError(f"binary array of element type {elem}, expected {oid}")
+    if ndim == 0:
+        return np.empty(0, dtype)
+    if ndim != 1 or has_null:
+        raise ValueError(f"binary array with {ndim} dimensions{' and NULLs' if has_null else ''}, expected one without")
+    n = int.from_bytes(buf[12:16], "big", signed=True)
+    width = np.dtype(dtype).itemsize
+    if len(buf) - 20 != n * (4 + width):
+        raise ValueError(f"binary array body is not {n} elements of {width} bytes")
+    rec = np.frombuffer(buf[20:], dtype=[("len", ">i4"), ("v", dtype)])
+    if bool((rec["len"] != width).any()):
+        raise ValueError(f"binary array body is not {n} elements of {width} bytes")
+    return rec["v"]
+
+
+def _parse_series(rows: list[tuple[Any, ...]]) -> NumericSamples:
+    if not rows:
+        return NumericSamples(np.empty(0), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0),
+                              np.empty(0, np.int32))
+    times = [parse_array_send(r[2], _TIMESTAMPTZ_OID, ">i8") for r in rows]
+    lengths = [len(x) for x in times]
     # Whole microseconds since 1970 are exact in a double (below 2**53), and one IEEE division rounds
     # correctly: the same double as extract(epoch FROM time)::float8, without the server's numeric work.
-    t = (rows["t"].astype(np.int64) + _PG_EPOCH_US).astype(np.float64) / 1e6
-    return NumericSamples(t, rows["m"].astype(np.int32), rows["s"].astype(np.int32),
-                          rows["v"].astype(np.float64), rows["q"].astype(np.int32))
+    t = (np.concatenate(times).astype(np.int64) + _PG_EPOCH_US).astype(np.float64) / 1e6
+    values = np.concatenate([parse_array_send(r[3], _FLOAT8_OID, ">f8") for r in rows]).astype(np.float64)
+    quality = np.concatenate([parse_array_send(r[4], _INT4_OID, ">i4") for r in rows]).astype(np.int32)
+    if len(values) != len(t) or len(quality) != len(t):
+        raise ValueError("a series' times, values and qualities differ in length")
+    machine = np.repeat(np.array([r[0] for r in rows], np.int32), lengths)
+    signal = np.repeat(np.array([r[1] for r in rows], np.int32), lengths)
+    return NumericSamples(t, machine, signal, values, quality)
 
 
 async def read_numeric(conn: psycopg.AsyncConnection[Any], machines: Sequence[str], signals: Sequence[str],
                        start: float, end: float) -> NumericSamples:
     """Samples of these machines and (numeric) signals with start <= time < end, in no particular order."""
-    params = {"machines": list(machines), "signals": list(signals), "start": to_utc(start), "end": to_utc(end)}
-    buf = bytearray()
-    async with conn.cursor() as cur, cur.copy(_NUMERIC_COPY, params) as copy:
-        async for chunk in copy:
-            buf += chunk
-    return parse_binary_copy(buf)
+    parts: list[NumericSamples] = []
+    piece = FIRST_PIECE_S
+    a = start
+    async with conn.cursor(binary=True) as cur:
+        while a < end:
+            b = min(a + piece, end)
+            await cur.execute(_NUMERIC_ARRAYS, {"machines": list(machines), "signals": list(signals),
+                                                "start": to_utc(a), "end": to_utc(b)})
+            got = _parse_series(await cur.fetchall())
+            parts.append(got)
+            # Whole seconds keep the pieces' bounds exact; an empty piece says little of the rate.
+            piece = (float(max(1.0, math.floor(MAX_ROWS_PER_QUERY * (b - a) / len(got)))) if len(got)
+                     else piece * 16.0)
+            a = b
+    if len(parts) == 1:
+        return parts[0]
+    return NumericSamples(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("t", "machine", "signal", "value", "quality")))
 
 
 def _sample(row: tuple[Any, ...]) -> Sample:
