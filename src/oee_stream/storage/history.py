@@ -30,7 +30,9 @@ I32 = npt.NDArray[np.int32]
 # message and a Python call per sample, three times the server's own work. Indices into the machine and
 # signal lists come from joins (hashed), not array_position (a linear search per row). A query's arrays are
 # built in the server's memory, so a span is read in pieces of at most MAX_ROWS_PER_QUERY samples, sized
-# from the rate of the piece before.
+# from the rate of the piece before. The span queries run hourly are never prepared: psycopg prepares a query
+# on its fifth run, and PostgreSQL's generic plan of a time range it cannot see scans each series through the
+# primary key (a heap page per row) and spills its arrays to disk, four times slower.
 _NUMERIC_ARRAYS = """
 SELECT (mm.i - 1)::int4, (ss.i - 1)::int4, array_send(array_agg(s.time)),
        array_send(array_agg(coalesce(s.value, 'NaN'::float8))), array_send(array_agg(s.quality::int4))
@@ -159,7 +161,7 @@ async def read_numeric(conn: psycopg.AsyncConnection[Any], machines: Sequence[st
         while a < end:
             b = min(a + piece, end)
             await cur.execute(_NUMERIC_ARRAYS, {"machines": list(machines), "signals": list(signals),
-                                                "start": to_utc(a), "end": to_utc(b)})
+                                                "start": to_utc(a), "end": to_utc(b)}, prepare=False)
             got = _parse_series(await cur.fetchall())
             parts.append(got)
             # Whole seconds keep the pieces' bounds exact; an empty piece says little of the rate.
@@ -182,7 +184,7 @@ async def read_text_samples(conn: psycopg.AsyncConnection[Any], machines: Sequen
                             start: float, end: float) -> list[Sample]:
     """Samples of signals whose values may be text (a product name), as bus samples."""
     cur = await conn.execute(_TEXT_ROWS, {"start": to_utc(start), "end": to_utc(end), "machines": list(machines),
-                                          "signals": list(signals)})
+                                          "signals": list(signals)}, prepare=False)
     return [_sample(r) for r in await cur.fetchall()]
 
 
@@ -200,7 +202,7 @@ def _events(rows: list[tuple[Any, ...]]) -> list[ConnectorEvent]:
 
 async def read_connector_events(conn: psycopg.AsyncConnection[Any], start: float, end: float) -> list[ConnectorEvent]:
     """Connector events with start <= time < end, one per connector event (its machines together), in order."""
-    cur = await conn.execute(_EVENTS, {"start": to_utc(start), "end": to_utc(end)})
+    cur = await conn.execute(_EVENTS, {"start": to_utc(start), "end": to_utc(end)}, prepare=False)
     return _events(await cur.fetchall())
 
 
