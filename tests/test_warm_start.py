@@ -23,7 +23,7 @@ import pytest
 from oee_stream import bus
 from oee_stream.bus import ConnectorStatus, Message, Sample
 from oee_stream.engine import KpiResult
-from oee_stream.service import EngineService
+from oee_stream.service import EngineService, read_span
 from oee_stream.storage.writer import StorageWriter
 from tests.engine_fixtures import plant as make_plant
 
@@ -241,3 +241,46 @@ async def test_the_warm_start_waits_for_the_database(database_url: str, mqtt_url
             await asyncio.wait({task}, timeout=10)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _reads_alive() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if "warm_start.<locals>.fetch" in t.get_coro().__qualname__]  # type: ignore[union-attr]
+
+
+async def test_a_failed_or_cancelled_warm_start_leaves_no_read_running(db: str) -> None:
+    """The next hours are read ahead on other connections; a read that fails, or a warm start cancelled while
+    reads are in flight, ends them all and gives their connections back."""
+    started: list[float] = []
+    blocked = asyncio.Event()
+
+    async def failing(conn: Any, machines: Any, a: float, b: float) -> Any:
+        started.append(a)
+        if len(started) == 3:
+            raise psycopg.OperationalError("the database went away")
+        return await read_span(conn, machines, a, b)
+
+    async def hanging(conn: Any, machines: Any, a: float, b: float) -> Any:
+        started.append(a)
+        if len(started) >= 2:
+            blocked.set()
+            await asyncio.Event().wait()
+        return await read_span(conn, machines, a, b)
+
+    async with StorageWriter(db) as writer:
+        svc = EngineService(_plant(), bus.MqttSettings(), writer, clock=lambda: NOW)
+        with pytest.raises(psycopg.OperationalError, match="went away"):
+            await svc.warm_start(read=failing)
+        assert len(started) in (3, 4) and not _reads_alive()
+
+        started.clear()
+        task = asyncio.create_task(EngineService(_plant(), bus.MqttSettings(), writer,
+                                                 clock=lambda: NOW).warm_start(read=hanging))
+        async with asyncio.timeout(10):
+            await blocked.wait()
+        assert len(_reads_alive()) == 2  # this hour and the next, each on its own connection
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not _reads_alive()
+        stats = writer.pool.get_stats()
+        assert stats.get("pool_size", 0) - stats.get("pool_available", 0) == 0, stats

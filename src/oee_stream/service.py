@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ REASONS_POLL_S = 5.0
 BROKER_CONNECT_TIMEOUT_S = 30.0
 # A restarted engine reads its memory back from the database an hour of samples at a time.
 WARM_CHUNK_S = 3600.0
+WARM_READ_AHEAD = 2  # hours read at once, each on its own pooled connection (at most the pool's size)
 WARM_PROGRESS_EVERY_S = 5.0
 # Numeric signals come as arrays (history.read_numeric); product names may be text.
 _WARM_NUMERIC = tuple(sig for sig in ENGINE_SIGNALS if sig != "product")
@@ -345,22 +347,41 @@ class EngineService:
                 online.pop(ev.connector, None)
 
         log.info("engine_warm_start", since=iso(start), hours=round((now - start) / 3600.0, 1))
-        async with self.writer.pool.connection(timeout=self.writer.acquire_timeout_s) as conn:
+        pool, timeout = self.writer.pool, self.writer.acquire_timeout_s
+        async with pool.connection(timeout=timeout) as conn:
             for ev in await history.read_event_anchors(conn, start):
                 if ev.state == "offline":  # the session it ended, for telling a restart from a reconnect
                     eng.connector_status(ev.machines, "online", ev.ts, ev.session)
                 apply(ev)
             anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
-            n, _newest = self._warm_feed(anchors, None, now)  # all older than the start: not the newest
-            out.samples += n
-            a = start
-            while a < now:
-                # The last hour reaches past now: a sample newer than the clock (skew) is the engine's to judge.
-                b = a + WARM_CHUNK_S if a + WARM_CHUNK_S < now else math.inf
-                hi = min(b, now + eng.policies.max_clock_skew_s + WARM_CHUNK_S)
-                for ev in await history.read_connector_events(conn, a, hi):
+        n, _newest = self._warm_feed(anchors, None, now)  # all older than the start: not the newest
+        out.samples += n
+        # (a, b, hi): the hour [a, b) the engine advances to, read up to hi. The last hour reaches past now: a
+        # sample newer than the clock (skew) is the engine's to judge.
+        spans: list[tuple[float, float, float]] = []
+        a = start
+        while a < now:
+            b = a + WARM_CHUNK_S if a + WARM_CHUNK_S < now else math.inf
+            spans.append((a, b, min(b, now + eng.policies.max_clock_skew_s + WARM_CHUNK_S)))
+            a = b
+
+        async def fetch(a: float, hi: float) -> tuple[list[history.ConnectorEvent],
+                                                      tuple[list[bus.Sample], history.NumericSamples | None]]:
+            async with pool.connection(timeout=timeout) as c:
+                return await history.read_connector_events(c, a, hi), await read(c, machines, a, hi)
+
+        # The next hours are read on other connections while the engine takes this one: the database does
+        # most of the reading, and does it on as many cores as it has connections.
+        ahead = max(1, min(WARM_READ_AHEAD, pool.max_size))
+        reads = deque(asyncio.create_task(fetch(a, hi)) for a, _b, hi in spans[:ahead])
+        try:
+            for k, (_a, b, _hi) in enumerate(spans):
+                events, data = await reads.popleft()  # and no longer held: an hour's rows are freed once fed
+                if k + ahead < len(spans):
+                    reads.append(asyncio.create_task(fetch(spans[k + ahead][0], spans[k + ahead][2])))
+                for ev in events:
                     apply(ev)
-                n, t_max = self._warm_feed(*await read(conn, machines, a, hi), now)
+                n, t_max = self._warm_feed(*data, now)
                 out.samples += n
                 newest = max(newest, t_max)
                 eng.advance(min(b, now))
@@ -371,7 +392,12 @@ class EngineService:
                     log.info("engine_warm_start_progress", until=iso(min(b, now)),
                              percent=round(100.0 * (min(b, now) - start) / max(now - start, 1e-9), 1),
                              samples=out.samples)
-                a = b
+        finally:
+            for task in reads:
+                task.cancel()
+            # Each read ends at its next await; a failed read's error is the one raised here, the rest are
+            # only collected.
+            await asyncio.gather(*reads, return_exceptions=True)
         if math.isfinite(newest):
             for ev in online.values():
                 eng.connector_status(ev.machines, "offline", newest, ev.session)
