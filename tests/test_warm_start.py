@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from oee_stream import bus
 from oee_stream.bus import ConnectorStatus, Message, Sample
@@ -155,7 +156,9 @@ async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> Non
 
     async with StorageWriter(db) as writer:
         warm = EngineService(plant, bus.MqttSettings(), writer, clock=lambda: NOW)
-        ws = await warm.warm_start()
+        progress: list[float | None] = []
+        ws = await warm.warm_start(on_chunk=lambda: progress.append(
+            REGISTRY.get_sample_value("oee_engine_warm_start_progress_ratio")))
         # Nothing is known after the newest row read back until the connectors' retained statuses come:
         # both kept running here (same sessions), so nothing was lost.
         assert warm.engine.results(NOW)[0].state == "unknown"
@@ -163,6 +166,10 @@ async def test_a_restarted_engine_computes_what_the_last_run_did(db: str) -> Non
                                     _status(NOW - 4 * 3600, "c2", "online", ("m2",), "s2")])
     assert NOW - warm.engine.reach_s - 3600 < ws.start <= NOW - warm.engine.reach_s
     assert ws.events == 7 and ws.samples > 1000
+    # progress is published hour by hour and rises to 1
+    assert len(progress) >= 25 and progress == sorted(progress) and 0.0 < progress[0] < 0.1 and progress[-1] == 1.0  # type: ignore[type-var]
+    assert REGISTRY.get_sample_value("oee_engine_warm_start_progress_ratio") == 1.0
+    assert REGISTRY.get_sample_value("oee_engine_warm_start_seconds") == pytest.approx(ws.seconds)
     got = {_key(r): r for r in warm.engine.results(NOW)}
     assert got.keys() == want.keys()
     differ = [k for k in want if not _same(want[k], got[k])]
@@ -231,11 +238,14 @@ async def test_the_warm_start_waits_for_the_database(database_url: str, mqtt_url
                 await svc.connected.wait()
             await asyncio.sleep(2.0)
             assert not svc.ready.is_set()  # no database, no memory: not ready
+            assert REGISTRY.get_sample_value("oee_engine_ready") == 0.0
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute(f'CREATE DATABASE "{name}"')
             migrate(url)
             async with asyncio.timeout(60):
                 await svc.ready.wait()
+            assert REGISTRY.get_sample_value("oee_engine_ready") == 1.0
+            assert REGISTRY.get_sample_value("oee_engine_warm_start_progress_ratio") == 1.0
         finally:
             task.cancel()
             await asyncio.wait({task}, timeout=10)

@@ -14,6 +14,12 @@ DEAD_LETTERS = Counter("oee_dead_letters_total", "Messages or samples refused, b
 RESULTS_PUBLISHED = Counter("oee_results_published_total", "KPI records published to the bus")
 INGEST_LAG = Gauge("oee_ingest_lag_seconds", "Now minus the newest source timestamp, per machine", ["machine"])
 TICK_SECONDS = Histogram("oee_engine_tick_seconds", "Time to advance all windows and format results")
+# A restart of a big plant reads minutes of history back before live figures move again: the board, an
+# alert or an orchestrator can tell that wait from a stalled engine.
+ENGINE_READY = Gauge("oee_engine_ready", "1 once the engine has read its memory back and takes live data, else 0")
+WARM_START_PROGRESS = Gauge("oee_engine_warm_start_progress_ratio",
+                            "Share of the warm start's span read back from the database (0 to 1)")
+WARM_START_SECONDS = Gauge("oee_engine_warm_start_seconds", "How long the last warm start took")
 COUNTER_RESETS = Gauge("oee_counter_resets", "Counter resets seen in the retained horizon", ["machine"])
 COUNTER_ROLLOVERS = Gauge("oee_counter_rollovers", "Counter rollovers seen in the retained horizon", ["machine"])
 DB_WRITE_RETRIES = Gauge("oee_db_write_retries", "Failed database flush attempts so far")

@@ -244,6 +244,7 @@ class EngineService:
         if self._record_to is not None:
             self._record_to.parent.mkdir(parents=True, exist_ok=True)
             self._record_file = self._record_to.open("ab")
+        metrics.ENGINE_READY.set(0)
         try:
             async with client:
                 self._bus = client
@@ -265,6 +266,7 @@ class EngineService:
                     await self.handle_messages(backlog[i:i + 20_000])
                 backlog.clear()
                 self.ready.set()
+                metrics.ENGINE_READY.set(1)
                 next_tick = self.clock()
                 while True:
                     timeout = max(0.0, next_tick - self.clock())
@@ -282,6 +284,7 @@ class EngineService:
                         await self.tick()
                         next_tick = self.clock() + self.tick_s
         finally:
+            metrics.ENGINE_READY.set(0)
             self._bus = None
             if self._record_file is not None:
                 self._record_file.close()
@@ -347,6 +350,7 @@ class EngineService:
                 online.pop(ev.connector, None)
 
         log.info("engine_warm_start", since=iso(start), hours=round((now - start) / 3600.0, 1))
+        metrics.WARM_START_PROGRESS.set(0.0)
         pool, timeout = self.writer.pool, self.writer.acquire_timeout_s
         async with pool.connection(timeout=timeout) as conn:
             for ev in await history.read_event_anchors(conn, start):
@@ -385,12 +389,13 @@ class EngineService:
                 out.samples += n
                 newest = max(newest, t_max)
                 eng.advance(min(b, now))
+                done = (min(b, now) - start) / max(now - start, 1e-9)
+                metrics.WARM_START_PROGRESS.set(done)
                 if on_chunk is not None:
                     on_chunk()
                 if time.monotonic() - last_log >= WARM_PROGRESS_EVERY_S:
                     last_log = time.monotonic()
-                    log.info("engine_warm_start_progress", until=iso(min(b, now)),
-                             percent=round(100.0 * (min(b, now) - start) / max(now - start, 1e-9), 1),
+                    log.info("engine_warm_start_progress", until=iso(min(b, now)), percent=round(100.0 * done, 1),
                              samples=out.samples)
         finally:
             for task in reads:
@@ -402,6 +407,8 @@ class EngineService:
             for ev in online.values():
                 eng.connector_status(ev.machines, "offline", newest, ev.session)
         out.seconds = time.monotonic() - t0
+        metrics.WARM_START_PROGRESS.set(1.0)
+        metrics.WARM_START_SECONDS.set(out.seconds)
         log.info("engine_warm_started", samples=out.samples, connector_events=out.events,
                  seconds=round(out.seconds, 3))
         return out
