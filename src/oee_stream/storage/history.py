@@ -27,7 +27,7 @@ I32 = npt.NDArray[np.int32]
 
 # Numeric samples come as one row per series, its times, values and qualities each in one array in
 # PostgreSQL's binary array format (`array_send`): a row per sample (what a COPY sends) costs the client a
-# message and a Python call per sample, three times the server's own work. Indices into the machine and
+# message and a Python call per sample, several times the server's own work. Indices into the machine and
 # signal lists come from joins (hashed), not array_position (a linear search per row). A query's arrays are
 # built in the server's memory, so a span is read in pieces of at most MAX_ROWS_PER_QUERY samples, sized
 # from the rate of the piece before. The span queries run hourly are never prepared: psycopg prepares a query
@@ -164,7 +164,8 @@ async def read_numeric(conn: psycopg.AsyncConnection[Any], machines: Sequence[st
                                                 "start": to_utc(a), "end": to_utc(b)}, prepare=False)
             got = _parse_series(await cur.fetchall())
             parts.append(got)
-            # Whole seconds keep the pieces' bounds exact; an empty piece says little of the rate.
+            # Neighbouring pieces share a bound (the same double), so no row is read twice or missed; an
+            # empty piece says little of the rate.
             piece = (float(max(1.0, math.floor(MAX_ROWS_PER_QUERY * (b - a) / len(got)))) if len(got)
                      else piece * 16.0)
             a = b
