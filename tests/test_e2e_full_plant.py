@@ -31,25 +31,10 @@ SKIP_S = 5.0  # time classes are compared from here: every connector has deliver
 SECONDS_TOL = 0.3  # Modbus stamps a change with the poll response (100 ms polls)
 KPI_TOL = 0.02
 THRESHOLD_MARGIN_S = 0.5
-STOP_CLASSES = ("unplanned_stop", "micro_stop")
 
 
-def _open_stops_s(sim: PlantSimulator, now: float) -> list[float]:
-    """How long each machine's open stop (consecutive unplanned rows, as the engine merges them) has lasted."""
-    out = []
-    for ml in sim.ledger.machines.values():
-        ivs = ml.intervals
-        if not ivs or ivs[-1].end is not None or ivs[-1].time_class not in STOP_CLASSES:
-            continue
-        i = len(ivs) - 1
-        while i > 0 and ivs[i - 1].time_class in STOP_CLASSES:
-            i -= 1
-        out.append(now - ivs[i].start)
-    return out
-
-
-async def _clear_of_the_threshold(sim: PlantSimulator, threshold: float) -> float:
-    """A `now` at which no open stop is within THRESHOLD_MARGIN_S of the micro-stop threshold.
+async def _clear_of_the_threshold(sim: PlantSimulator) -> float:
+    """A `now` at which no open stop is within THRESHOLD_MARGIN_S of its machine's micro-stop threshold.
 
     An open stop is classified by its length at `now`, and the engine's stop began at the connector's poll,
     up to a poll later than the ledger's: a stop of about the threshold's length may be a micro stop to one
@@ -57,10 +42,12 @@ async def _clear_of_the_threshold(sim: PlantSimulator, threshold: float) -> floa
     """
     for _ in range(5):
         now = time.time()
-        near = [d for d in _open_stops_s(sim, now) if abs(d - threshold) < THRESHOLD_MARGIN_S]
-        if not near:
+        waits = [sim.microstop_threshold(m) + THRESHOLD_MARGIN_S - (now - since) for m in sim.ledger.machines
+                 if (since := sim.open_stop_since(m)) is not None
+                 and abs(now - since - sim.microstop_threshold(m)) < THRESHOLD_MARGIN_S]
+        if not waits:
             return now
-        await asyncio.sleep(threshold + THRESHOLD_MARGIN_S - min(near))
+        await asyncio.sleep(max(waits))
     raise AssertionError("open stops stay near the micro-stop threshold")
 
 
@@ -90,7 +77,7 @@ async def test_every_machine_type_matches_the_ledger(fresh_db_url: str, mqtt_url
             assert time.monotonic() < deadline, [c.stats.as_dict() for c in run.connectors]
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.5)  # the engine ingests what the broker delivered
-        now = await _clear_of_the_threshold(sim, plant.policies.microstop_threshold_s)
+        now = await _clear_of_the_threshold(sim)
         sim.held_until(now)
         engine = run.service.engine
         whole = {r.entity: r for r in engine.range_results(now, machines, [sim.t0] * len(machines),

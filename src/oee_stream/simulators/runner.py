@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from oee_stream.config import Plant, load_plant
-from oee_stream.simulators.ledger import Ledger
+from oee_stream.simulators.ledger import Ledger, StateInterval
 from oee_stream.simulators.modbus_server import ModbusSimServer
 from oee_stream.simulators.opcua_server import OpcUaSecurity, OpcUaSimServer
 from oee_stream.simulators.scenario import Scenario, load_scenario
@@ -177,6 +177,22 @@ class PlantSimulator:
                              f"allowed: {sorted(table)}")
         return StateTruth(code, sc.time_class, reason if reason is not None else sc.reason)
 
+    def microstop_threshold(self, machine: str) -> float:
+        """The machine's micro-stop threshold (its own, or the plant's)."""
+        assert self.plant is not None
+        pm = self.plant.machine(machine)
+        return (pm.microstop_threshold_s if pm.microstop_threshold_s is not None
+                else self.plant.policies.microstop_threshold_s)
+
+    def open_stop_since(self, machine: str) -> float | None:
+        """When the machine's open stop began, its consecutive unplanned rows taken as one as the engine takes
+        them; None when the machine is not stopped unplanned now."""
+        ivs = self.ledger.machines[machine].intervals
+        runs = _stop_runs(ivs)
+        if runs and runs[-1][1] == len(ivs) - 1 and ivs[-1].end is None:
+            return ivs[runs[-1][0]].start
+        return None
+
     def _reclassify(self, machine: str, open_until: float | None = None) -> None:
         """Classify unplanned stops the way the engine does once a hold has cut or joined them.
 
@@ -185,25 +201,14 @@ class PlantSimulator:
         classified that way; a forced stop can split one or be glued to one, so every closed run of a held
         machine is reclassified as a whole.
         """
-        assert self.plant is not None
-        pm = self.plant.machine(machine)
-        threshold = (pm.microstop_threshold_s if pm.microstop_threshold_s is not None
-                     else self.plant.policies.microstop_threshold_s)
+        threshold = self.microstop_threshold(machine)
         ivs = self.ledger.machines[machine].intervals
-        i = 0
-        while i < len(ivs):
-            if ivs[i].time_class not in ("unplanned_stop", "micro_stop"):
-                i += 1
-                continue
-            j = i
-            while j + 1 < len(ivs) and ivs[j + 1].time_class in ("unplanned_stop", "micro_stop"):
-                j += 1
+        for i, j in _stop_runs(ivs):
             end = ivs[j].end if ivs[j].end is not None else open_until
             if end is not None:  # an open run is decided when it ends (or, frozen, by its length so far)
                 cls = "micro_stop" if end - ivs[i].start < threshold else "unplanned_stop"
                 for iv in ivs[i:j + 1]:
                     iv.time_class = cls
-            i = j + 1
 
     async def restart_server(self, protocol: Literal["opcua", "modbus"], down_s: float) -> float:
         """Reboot the OPC UA or Modbus server for `down_s` seconds while the PLCs keep working.
@@ -260,6 +265,22 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
     except asyncio.CancelledError:
         if me is not None and me.cancelling() > before:
             raise
+
+
+def _stop_runs(ivs: list[StateInterval]) -> list[tuple[int, int]]:
+    """(first, last) index of every run of consecutive unplanned or micro-stop rows."""
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < len(ivs):
+        if ivs[i].time_class not in ("unplanned_stop", "micro_stop"):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(ivs) and ivs[j + 1].time_class in ("unplanned_stop", "micro_stop"):
+            j += 1
+        runs.append((i, j))
+        i = j + 1
+    return runs
 
 
 def _resolve_plant(plant: Plant | Path | str) -> Plant:
