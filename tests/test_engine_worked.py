@@ -214,6 +214,13 @@ def test_rollup_adds_time_classes_never_averages_ratios() -> None:
     assert line.quality == pytest.approx((m1.good + m2.good) / (m1.total + m2.total))
     assert line.quality != pytest.approx((m1.quality + m2.quality) / 2)
     assert line.total == m1.total + m2.total
+    # all_time adds up like every time class: TEEP and utilization of the roll-up are those of the sums
+    all_time = sum(m1.seconds.values()) + sum(m2.seconds.values())
+    assert all_time == pytest.approx(2 * m1.ppt_s)
+    for kind in ("line", "area", "site"):
+        r = next(r for r in res if r.entity_kind == kind and r.window == "1h")
+        assert r.utilization == pytest.approx((m1.ppt_s + m2.ppt_s) / all_time)
+        assert r.teep == pytest.approx(r.oee * (m1.ppt_s + m2.ppt_s) / all_time)
 
 
 def test_connector_offline_makes_time_unknown_and_restart_keeps_the_gap() -> None:

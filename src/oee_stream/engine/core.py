@@ -2540,8 +2540,9 @@ class Engine:
             uniq, inv = np.unique(keys, axis=0, return_inverse=True)
             inv = inv.reshape(-1)
             sums = np.zeros((len(uniq), x.shape[1]))
+            # WINDOW adds up too: a roll-up's all_time is its members' (TEEP and utilization of a site of
+            # ten machines running around the clock are those of one machine, not ten times them).
             np.add.at(sums, inv, x[rows])
-            sums[:, fx.WINDOW] = uniq[:, 3] - uniq[:, 2]
             first_row = np.zeros(len(uniq), np.int64)
             first_row[inv[::-1]] = rows[::-1]
             units = [{cp.units[m] for m in w.machine[rows][inv == g]} for g in range(len(uniq))]
