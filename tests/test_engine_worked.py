@@ -127,6 +127,29 @@ def test_duplicates_counted_once_and_late_and_future_samples() -> None:
     assert rep.accepted == 2
 
 
+@pytest.mark.parametrize("how", ["same batch", "later batch, older than the newest",
+                                 "later batch, at the newest time", "later batch, after one more at that time"])
+def test_repeat_of_a_reading_that_shares_its_time_with_another_is_a_duplicate(how: str) -> None:
+    # Coarse PLC timestamps: two readings of one counter at the same source time (10 and 12). A redelivered
+    # copy of the first is a duplicate even though the row before it is the second; taken as a new reading
+    # it would be a counter decrease, i.e. a phantom reset that counts 10 parts again.
+    eng = Engine(plant())
+    now = T0 + 1000
+    base = [S("state", T0, 1), S("total", T0, 0), S("total", T0 + 10, 10), S("total", T0 + 10, 12)]
+    later = [S("total", T0 + 20, 20)]
+    dup = [S("total", T0 + 10, 10)]
+    batches = {"same batch": [base + later + dup],
+               "later batch, older than the newest": [base + later, dup],
+               "later batch, at the newest time": [base, dup, later],
+               "later batch, after one more at that time": [base[:-1], base[-1:], dup, later]}[how]
+    for b in batches:
+        eng.ingest(b, now=now)
+        eng.timeline(now)
+    [r] = eng.range_results(now, ["m1"], [T0], [now])
+    assert r.total == 20
+    assert eng.stats.duplicates == 1 and not eng.stats.counter_resets
+
+
 def test_late_sample_recomputes_the_window() -> None:
     eng = Engine(plant(policies={"microstop_threshold_s": 0}))
     now = T0 + 600

@@ -672,11 +672,29 @@ def _sort_mst(m: I64, s: I8, t: F64, v: F64, q: I8, span: float, origin: float) 
 
 
 def _dup_mask(m: I64, s: I8, t: F64, v: F64, q: I8) -> B:
-    """Exact duplicates of the previous row (same machine, signal, source time, value, quality)."""
+    """Rows (sorted by machine, signal, time) that repeat an earlier row exactly: same machine, signal,
+    source time, value and quality. The first of them stays."""
     same = np.zeros(len(t), np.bool_)
-    if len(t) > 1:
-        same[1:] = ((t[1:] == t[:-1]) & (m[1:] == m[:-1]) & (s[1:] == s[:-1])
-                    & ((v[1:] == v[:-1]) | (np.isnan(v[1:]) & np.isnan(v[:-1]))) & (q[1:] == q[:-1]))
+    if len(t) < 2:
+        return same
+    tie = (t[1:] == t[:-1]) & (m[1:] == m[:-1]) & (s[1:] == s[:-1])
+    same[1:] = tie & ((v[1:] == v[:-1]) | (np.isnan(v[1:]) & np.isnan(v[:-1]))) & (q[1:] == q[:-1])
+    # A series with several values at one source time (coarse PLC timestamps) can repeat a row that is
+    # not the one just before it: 10, 12, then 10 redelivered. Only runs of 3+ rows at one time can
+    # hide such a repeat, so only they are sorted by value.
+    if len(tie) > 1 and (tie[1:] & tie[:-1]).any():
+        start = np.ones(len(t), np.bool_)
+        start[1:] = ~tie
+        run = np.cumsum(start) - 1
+        size = np.bincount(run)
+        rows = np.flatnonzero(size[run] >= 3)
+        rv = np.where(np.isnan(v[rows]), np.inf, v[rows])
+        nan = np.isnan(v[rows])
+        order = rows[np.lexsort((rows, q[rows], nan, rv, run[rows]))]
+        o_v, o_nan = np.where(np.isnan(v[order]), np.inf, v[order]), np.isnan(v[order])
+        rep = ((run[order][1:] == run[order][:-1]) & (o_v[1:] == o_v[:-1]) & (o_nan[1:] == o_nan[:-1])
+               & (q[order][1:] == q[order][:-1]))
+        same[order[1:][rep]] = True
     return same
 
 
@@ -738,6 +756,9 @@ class Engine:
         self._last_t = np.full((n, N_SIGNALS), np.nan)  # last derived sample per series, for duplicates
         self._last_v = np.full((n, N_SIGNALS), np.nan)
         self._last_q = np.full((n, N_SIGNALS), -1, np.int8)
+        # the series has several derived rows at its last time: a repeat of one of them in a later batch
+        # need not be the last row, so such samples go the exact way (re-derived with the log)
+        self._tie_last = np.zeros((n, N_SIGNALS), np.bool_)
         self._real_cls = np.full(n, -1, np.int8)  # class / reason of the latest real state sample
         self._real_reason = np.zeros(n, np.int64)
         self._last_count = np.full(n, -np.inf)  # latest total increment (state_source: counts)
@@ -1102,6 +1123,9 @@ class Engine:
             return
         # Machines with a sample older than rows already derived that it changes are re-derived from their log.
         older = self._lands_before_derived(m, s, t)
+        if self._tie_last.any():
+            si = s.astype(np.int64)
+            older |= self._tie_last[m, si] & (t == self._last_t[m, si])
         if older.any():
             redo = np.unique(m[older])
             mark = np.zeros(self.cp.n, np.bool_)
@@ -1287,6 +1311,7 @@ class Engine:
         self._ser_v[n_ctr] = np.nan
         self._cend[n_ctr] = 0.0
         self._last_t[ms], self._last_v[ms], self._last_q[ms] = np.nan, np.nan, -1
+        self._tie_last[ms] = False
         self._real_cls[ms], self._real_reason[ms] = -1, 0
         self._last_count[ms] = -np.inf
         self._cur_p[ms] = self.cp.default_product[ms]
@@ -1411,6 +1436,11 @@ class Engine:
         last_g[:-1] = g[1:] != g[:-1]
         li = np.flatnonzero(last_g)
         lm_, lg_, lt_ = m[li], g[li], t[li]
+        tie = lt_ == self._last_t.ravel()[lg_]
+        tie[1:] |= (g[li[1:] - 1] == lg_[1:]) & (t[li[1:] - 1] == lt_[1:])
+        if li[0] > 0:
+            tie[0] |= (g[li[0] - 1] == lg_[0]) & (t[li[0] - 1] == lt_[0])
+        self._tie_last.ravel()[lg_] = tie
         self._last_t.ravel()[lg_], self._last_v.ravel()[lg_], self._last_q.ravel()[lg_] = lt_, v[li], q[li]
         self._seen.ravel()[lg_] = True
         np.maximum.at(self.frontier, lm_, lt_)
