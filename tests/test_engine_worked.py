@@ -264,6 +264,18 @@ def test_connector_offline_makes_time_unknown_and_restart_keeps_the_gap() -> Non
     assert r.seconds["running"] == pytest.approx(150) and r.seconds["micro_stop"] == pytest.approx(50)
 
 
+def test_restart_after_a_retained_last_will_keeps_the_gap() -> None:
+    # The engine starts while the connector is down: the first status it sees is the retained last will
+    # of session a. The connector then restarts as session b: the gap is lost data, unknown.
+    eng = Engine(plant())
+    eng.ingest([S("state", T0, 1)], now=T0 + 50)
+    eng.connector_status(["m1"], "offline", T0 + 100, session="a")
+    eng.connector_status(["m1"], "online", T0 + 400, session="b")
+    [r] = eng.range_results(T0 + 600, ["m1"], [T0], [T0 + 600])
+    assert r.seconds["unknown"] == pytest.approx(300) and r.seconds["running"] == pytest.approx(300)
+    assert r.coverage == pytest.approx(0.5)
+
+
 def test_unmapped_state_code_is_unknown() -> None:
     eng = Engine(plant())
     eng.ingest([S("state", T0, 1), S("state", T0 + 50, 77)], now=T0 + 100)

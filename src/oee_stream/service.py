@@ -354,8 +354,6 @@ class EngineService:
         pool, timeout = self.writer.pool, self.writer.acquire_timeout_s
         async with pool.connection(timeout=timeout) as conn:
             for ev in await history.read_event_anchors(conn, start):
-                if ev.state == "offline":  # the session it ended, for telling a restart from a reconnect
-                    eng.connector_status(ev.machines, "online", ev.ts, ev.session)
                 apply(ev)
             anchors = await history.read_anchors(conn, machines, ENGINE_SIGNALS, start)
         n, _newest = self._warm_feed(anchors, None, now)  # all older than the start: not the newest

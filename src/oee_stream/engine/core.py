@@ -1058,6 +1058,10 @@ class Engine:
         self._tail_dirty[idx] = True
         if state == "offline":
             self.offline_since[idx] = np.where(np.isnan(self.offline_since[idx]), ts, self.offline_since[idx])
+            if session:
+                # the session that ended: when the first message seen is a retained last will, the next
+                # online of another session is still known to be a restart
+                self._sessions[key] = session
             return
         prev_session = self._sessions.get(key)
         self._sessions[key] = session
