@@ -212,6 +212,16 @@ def test_duplicate_product_codes_within_a_machine(tmp_path: Path) -> None:
     assert errors_of(p) == [f"{p}: lines.1.machines.0.products.6082.code: code 1 is already used by product '6063'"]
 
 
+def test_two_exceptions_for_one_date(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ('      - {name: night, start: "22:00", end: "06:00"}\n',
+                              '      - {name: night, start: "22:00", end: "06:00"}\n    exceptions:\n'
+                              '      - {date: 2026-12-24, kind: holiday}\n      - {date: 2026-12-25, kind: holiday}\n'
+                              '      - {date: 2026-12-24, kind: replace, shifts: [{name: ot, start: "06:00", end: "12:00"}]}\n'))
+    assert errors_of(p) == [f"{p}: calendars.default.exceptions: item 2: date 2026-12-24 already has an exception "
+                            "(item 0); one exception per date: a 'replace' lists all of that day's shifts, a "
+                            "'holiday' cancels them"]
+
+
 def test_duplicate_machine_id_is_reported_along_with_other_errors(tmp_path: Path) -> None:
     p = plant_file(tmp_path, ("- id: caster-1", "- id: press-1"))
     assert errors_of(p) == [

@@ -138,6 +138,19 @@ class Calendar(_Strict):
     shifts: list[Shift]
     exceptions: list[CalendarException] = Field(default_factory=list)
 
+    @field_validator("exceptions")
+    @classmethod
+    def _one_exception_per_date(cls, v: list[CalendarException]) -> list[CalendarException]:
+        # Two exceptions for one date would leave it to list order which one holds.
+        seen: dict[date, int] = {}
+        for i, exc in enumerate(v):
+            if exc.date in seen:
+                raise ValueError(f"item {i}: date {exc.date.isoformat()} already has an exception (item "
+                                 f"{seen[exc.date]}); one exception per date: a 'replace' lists all of that "
+                                 "day's shifts, a 'holiday' cancels them")
+            seen[exc.date] = i
+        return v
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:

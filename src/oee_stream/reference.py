@@ -146,7 +146,8 @@ def reference_window(
             if p.ts < t:
                 name = str(p.value)
                 for pname, prod in mach.products.items():
-                    if prod.code is not None and str(prod.code) == name:
+                    # a numeric code may come as an integer or a float (a Modbus register scaled, JSON 2.0)
+                    if prod.code is not None and name in (str(prod.code), str(float(prod.code))):
                         name = pname
             else:
                 break
