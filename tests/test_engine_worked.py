@@ -208,6 +208,34 @@ def test_dst_day_lengths_and_local_calendar() -> None:
     assert local_next(d1, "Europe/Berlin", "day") - d1 == 25 * 3600
 
 
+@pytest.mark.parametrize(("tz", "day", "short"), [
+    ("Australia/Lord_Howe", (2026, 4, 5), ("01:30+1030", "02:00+1030")),  # back by 30 min at 02:00
+    ("Australia/Lord_Howe", (2026, 10, 4), ("02:30+1100", "03:00+1100")),  # on by 30 min at 02:00
+    ("Europe/Berlin", (2026, 3, 29), None), ("Europe/Berlin", (2026, 10, 25), None),
+    ("Asia/Kathmandu", (2026, 3, 29), None),  # +05:45, no DST
+])
+def test_hour_windows_stay_on_local_hours_across_clock_changes(tz: str, day: tuple[int, int, int],
+                                                               short: tuple[str, str] | None) -> None:
+    from zoneinfo import ZoneInfo
+
+    from oee_stream.engine.calendar import local_floor, local_next
+    z = ZoneInfo(tz)
+    lo = datetime(*day, tzinfo=UTC).timestamp() - 86400
+    f, short_hours = local_floor(lo, tz, "hour"), []
+    while f < lo + 2 * 86400:
+        n = local_next(f, tz, "hour")
+        assert 0 < n - f <= 3600
+        # on local :00, or at the clock change
+        assert (datetime.fromtimestamp(n, z).minute == 0
+                or datetime.fromtimestamp(n - 1, z).utcoffset() != datetime.fromtimestamp(n, z).utcoffset())
+        for x in (f, (f + n) / 2, n - 0.5):
+            assert local_floor(x, tz, "hour") == f
+        if n - f != 3600:
+            short_hours.append((f"{datetime.fromtimestamp(f, z):%H:%M%z}", f"{datetime.fromtimestamp(n, z):%H:%M%z}"))
+        f = n
+    assert short_hours == ([short] if short else [])
+
+
 def test_holiday_exception_makes_the_day_unscheduled() -> None:
     p = plant(shifts=[{"name": "d", "start": "06:00", "end": "14:00"}],
               exceptions=[{"date": "2026-03-02", "kind": "holiday"}])

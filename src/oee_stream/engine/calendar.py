@@ -103,13 +103,35 @@ def calendar_boundaries(
     return times[keep], classes[keep]
 
 
+def _offset_change(lo: float, hi: float, tz: ZoneInfo) -> float | None:
+    """The moment in (lo, hi] where the UTC offset changes (to the second), if it does; spans here are at
+    most an hour or two, so there is at most one change."""
+    off_hi = datetime.fromtimestamp(hi, tz).utcoffset()
+    if datetime.fromtimestamp(lo, tz).utcoffset() == off_hi:
+        return None
+    a, b = lo, hi
+    while b - a > 1.0:
+        mid = float(int((a + b) / 2))
+        if mid <= a:
+            break
+        if datetime.fromtimestamp(mid, tz).utcoffset() == off_hi:
+            b = mid
+        else:
+            a = mid
+    return b
+
+
 def local_floor(ts: float, tz_name: str, unit: str) -> float:
     """Start of the local hour / day / week (Monday) containing ts."""
     tz = ZoneInfo(tz_name)
     dt = datetime.fromtimestamp(ts, tz)
     if unit == "hour":
         # Local hours can be 30 or 45 minutes off UTC; flooring in local time keeps wallboards aligned.
-        return datetime.combine(dt.date(), time(dt.hour)).replace(tzinfo=tz, fold=dt.fold).timestamp()
+        f = datetime.combine(dt.date(), time(dt.hour)).replace(tzinfo=tz, fold=dt.fold).timestamp()
+        # A clock change by half an hour (Lord Howe) starts a local hour of its own; after it, hours are
+        # on the new :00 again.
+        cut = _offset_change(f, ts, tz) if f < ts else None
+        return cut if cut is not None and cut <= ts else f
     if unit == "day":
         return _local(dt.date(), time(0), tz)
     if unit == "week":
@@ -121,7 +143,16 @@ def local_next(ts_floor: float, tz_name: str, unit: str) -> float:
     tz = ZoneInfo(tz_name)
     dt = datetime.fromtimestamp(ts_floor, tz)
     if unit == "hour":
-        return ts_floor + 3600.0
+        # The next local :00, or the clock change before it: whole-hour DST changes fall on :00 anyway, a
+        # half-hour one (Lord Howe) gives a 30-minute hour and keeps the later hours on local :00.
+        wall = datetime.combine(dt.date(), time(dt.hour)) + timedelta(hours=1)
+        nxt = wall.replace(tzinfo=tz).timestamp()
+        if nxt <= ts_floor:
+            nxt = wall.replace(tzinfo=tz, fold=1).timestamp()
+        if nxt <= ts_floor:
+            nxt = ts_floor + 3600.0
+        cut = _offset_change(ts_floor, nxt, tz)
+        return cut if cut is not None and cut < nxt else nxt
     if unit == "day":
         return _local(dt.date() + timedelta(days=1), time(0), tz)
     if unit == "week":
