@@ -208,6 +208,28 @@ async def test_results_upsert_replaces_the_window(db: str) -> None:
     assert row[4]["total"] == 1200 and row[4]["start"].endswith("Z")
 
 
+async def test_a_rolling_window_keeps_one_row_and_calendar_windows_keep_their_history(db: str) -> None:
+    # Every tick moves a rolling window's start: without replacing the older row, the table would gain a
+    # row per window and tick. Hours are the history and stay.
+    async with StorageWriter(db) as w:
+        for k in range(5):
+            await w.write_results([make_result(window="15m", start=T0 + k, length=900.0, total=10 + k, good=10),
+                                   make_result("press-2", window="15m", start=T0 + k, length=900.0),
+                                   make_result(window="hour", start=T0 + 3600 * k)])
+            await w.flush(10)
+        # a line with the machine's id keeps its own rolling row
+        line = make_result(window="15m", start=T0 + 9, length=900.0)
+        line.entity_kind = "line"
+        await w.write_results([line])
+        await w.flush(10)
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("select entity, entity_kind, window_kind, extract(epoch from window_start)::float8,"
+                            " total from oee_results").fetchall()
+    assert sorted(rows) == sorted([("press-1", "machine", "15m", T0 + 4, 14.0), ("press-1", "line", "15m", T0 + 9, 0.0),
+                                   ("press-2", "machine", "15m", T0 + 4, 0.0),
+                                   *[("press-1", "machine", "hour", T0 + 3600 * k, 0.0) for k in range(5)]])
+
+
 async def test_line_and_area_with_the_same_id_keep_their_own_rows(db: str) -> None:
     line = make_result("extrusion", total=100, good=100)
     line.entity_kind = "line"

@@ -177,6 +177,31 @@ _RESULTS_UPSERT = (
 RESULTS_RETURNING = ("entity", "entity_kind", "window_kind", "window_start", "window_end", "computed_at", "payload")
 _RESULTS_UPSERT_RETURNING = _RESULTS_UPSERT + " RETURNING " + ", ".join(RESULTS_RETURNING)
 
+# A rolling window's row is keyed by its start, which moves with every tick: the newest row of each
+# (entity, window) replaces the older ones, or the table would gain a row per window and tick (GBs a day).
+# Calendar windows (hour, shift, day) keep one row per period: they are the history.
+CALENDAR_WINDOW_KINDS = ("hour", "shift", "day")
+_ROLLING_PRUNE = """
+DELETE FROM oee_results o
+USING unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS n(entity, entity_kind, window_kind, window_start)
+WHERE o.entity = n.entity AND o.entity_kind = n.entity_kind AND o.window_kind = n.window_kind
+  AND o.window_start < n.window_start
+"""
+_RK = [OEE_RESULT_COLUMNS.index(c) for c in ("entity", "entity_kind", "window_kind", "window_start")]
+
+
+def _rolling_prune_args(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...] | None:
+    newest: dict[tuple[Any, ...], Any] = {}
+    for row in rows:
+        e, ek, wk, ws = (row[i] for i in _RK)
+        if wk not in CALENDAR_WINDOW_KINDS and ((e, ek, wk) not in newest or ws > newest[(e, ek, wk)]):
+            newest[(e, ek, wk)] = ws
+    if not newest:
+        return None
+    keys = list(newest)
+    return ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [newest[k] for k in keys])
+
+
 # An operator's reason/comment survives the engine closing or re-emitting the interval, and so does the
 # end of an event an operator split in two (end_locked).
 _INTERVALS_UPSERT = """
@@ -522,6 +547,8 @@ class StorageWriter:
                     await cur.executemany(_EVENTS_INSERT, rows)
                 else:
                     await cur.executemany(_DEAD_LETTER_INSERT, rows)
+                if kind == "results" and (prune := _rolling_prune_args(rows)) is not None:
+                    await cur.execute(_ROLLING_PRUNE, prune)
         # Committed (the transaction block has exited): now the rows may be shown as the database's.
         if written:
             self._notify(kind, written)
