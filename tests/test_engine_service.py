@@ -26,12 +26,16 @@ class FakeWriter:
     def __init__(self) -> None:
         self.results: list[list[KpiResult]] = []
         self.intervals: list[list[StateInterval]] = []
+        self.deleted: list[tuple[str, float]] = []
 
     async def write_results(self, results: Any) -> None:
         self.results.append(list(results))
 
     async def write_state_intervals(self, intervals: Any) -> None:
         self.intervals.append(list(intervals))
+
+    async def delete_state_intervals(self, keys: Any) -> None:
+        self.deleted += list(keys)
 
     async def operator_reasons(self, since: float) -> list[tuple[str, float, float | None, str]]:
         return []  # no operator has coded anything (tests/test_operator_reasons.py covers the real store)
@@ -71,6 +75,8 @@ async def test_only_changed_results_and_intervals_are_written() -> None:
     again = [r for r in w.results[-1] if r.window == "hour" and r.start == T0 and r.entity == "m1"]
     assert again and again[0].seconds["unplanned_stop"] == 1800
     assert {(i.start, i.end) for i in w.intervals[-1]} == {(T0, T0 + 1800), (T0 + 1800, None)}
+    # the stop that was open from 07:00 no longer exists: it is deleted, not left open for ever
+    assert w.deleted == [("m1", T0 + 3600)]
     # the stop ends: the interval's end changes and a new one opens
     eng.ingest([Sample("m1", "state", clock[0] - 0.5, 1)], now=clock[0])
     clock[0] += 1.0

@@ -272,6 +272,17 @@ async def test_state_intervals_keep_operator_reasons(db: str) -> None:
     assert row == (datetime.fromtimestamp(T0 + 60, tz=UTC), "die failure", "operator", "x")
 
 
+async def test_deleting_an_interval_the_engine_no_longer_has_keeps_the_operators(db: str) -> None:
+    async with StorageWriter(db) as w:
+        await w.write_state_intervals([StateInterval("press-1", T0, None, "unplanned_stop", None, None),
+                                       StateInterval("press-1", T0 + 60, None, "micro_stop", "jam", "operator")])
+        await w.delete_state_intervals([("press-1", T0), ("press-1", T0 + 60)])
+        await w.flush(10)
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("select extract(epoch from start_time)::float8, reason from state_intervals").fetchall()
+    assert rows == [(T0 + 60, "jam")]
+
+
 async def test_config_and_dead_letters(db: str) -> None:
     plant = load_plant(DEMO)
     async with StorageWriter(db) as w:

@@ -93,6 +93,7 @@ class ChangeFilter:
     def __init__(self) -> None:
         self.results: dict[ResultKey, tuple[Any, ...]] = {}
         self.intervals: dict[IntervalKey, tuple[Any, ...]] = {}
+        self.removed: list[IntervalKey] = []  # written before, no longer emitted (see changed_intervals)
 
     def changed_results(self, results: list[KpiResult]) -> list[KpiResult]:
         out: list[KpiResult] = []
@@ -114,7 +115,14 @@ class ChangeFilter:
             if self.intervals.get(k) != sig:
                 out.append(iv)
                 self.intervals[k] = sig
-        self.intervals = {k: v for k, v in self.intervals.items() if v[0] is None or v[0] > since}
+        # An interval written before that starts after `since` and is no longer emitted was removed by a
+        # re-derivation (its rows moved to other start times): it goes from the database too, or an open
+        # one would stay open and grow for ever. (One that started earlier may just have ended before
+        # `since` since the last write, so it is only forgotten.)
+        current = {(iv.machine, iv.start) for iv in intervals}
+        kept = {k: v for k, v in self.intervals.items() if v[0] is None or v[0] > since}
+        self.removed = [k for k in kept if k not in current and k[1] >= since]
+        self.intervals = {k: v for k, v in kept.items() if k in current}
         return out
 
 
@@ -531,6 +539,8 @@ class EngineService:
                 if cls != "unscheduled"
             ], since)
             self.stats.intervals_written += len(intervals)
+            if self.changes.removed:
+                await self.writer.delete_state_intervals(self.changes.removed)
             if intervals:
                 await self.writer.write_state_intervals(intervals)
             metrics.DB_WRITE_RETRIES.set(self.writer.retries)

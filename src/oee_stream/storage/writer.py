@@ -39,7 +39,7 @@ from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES, to_utc
 
 log = structlog.get_logger(__name__)
 
-Kind = Literal["samples", "events", "results", "intervals", "configs", "dead_letters"]
+Kind = Literal["samples", "events", "results", "intervals", "interval_deletes", "configs", "dead_letters"]
 
 # Called after a batch of results or state intervals is committed, with the rows as the database now holds
 # them (RETURNING of the upsert: a result row the database kept because it was newer is not in the list;
@@ -218,6 +218,13 @@ ON CONFLICT (machine_id, start_time) DO UPDATE SET
                          THEN state_intervals.reason_source ELSE EXCLUDED.reason_source END,
     comment = COALESCE(EXCLUDED.comment, state_intervals.comment)
 """
+# An interval the engine no longer has (its machine was derived again from the log and its rows moved)
+# would otherwise stay, and an open one would grow for ever. An interval an operator split or coded is
+# the operator's and stays.
+_INTERVALS_DELETE = """
+DELETE FROM state_intervals WHERE machine_id = %s AND start_time = %s
+  AND NOT end_locked AND reason_source IS DISTINCT FROM 'operator'
+"""
 INTERVALS_RETURNING = ("machine_id", "start_time", "end_time", "time_class", "reason")
 _INTERVALS_UPSERT_RETURNING = _INTERVALS_UPSERT.rstrip() + " RETURNING " + ", ".join(INTERVALS_RETURNING)
 
@@ -391,6 +398,11 @@ class StorageWriter:
     async def write_state_intervals(self, intervals: Iterable[StateInterval]) -> None:
         await self._put("intervals", [interval_row(i) for i in intervals])
 
+    async def delete_state_intervals(self, keys: Iterable[tuple[str, float]]) -> None:
+        """Remove the engine's intervals (machine, start) it no longer emits; queued in order with the
+        writes, so a delete never overtakes the upsert of the same interval."""
+        await self._put("interval_deletes", [(m, to_utc(start)) for m, start in keys])
+
     async def record_config(self, plant: Plant) -> str:
         """Store the validated plant model under its hash (results carry the hash); returns the hash."""
         h = plant.config_hash()
@@ -541,6 +553,8 @@ class StorageWriter:
                     await cur.executemany(_RESULTS_UPSERT, rows)
                 elif kind == "intervals":
                     await cur.executemany(_INTERVALS_UPSERT, rows)
+                elif kind == "interval_deletes":
+                    await cur.executemany(_INTERVALS_DELETE, rows)
                 elif kind == "configs":
                     await cur.executemany(_CONFIG_INSERT, rows)
                 elif kind == "events":
