@@ -142,3 +142,42 @@ async def test_config_versions_reason_tree_and_targets(env) -> None:  # type: ig
     created = (await c.post("/api/v1/admin/keys", json={"name": "mes", "role": "viewer"}, headers=keys["admin"])).json()
     assert (await c.get("/api/v1/plant", headers={"X-API-Key": created["key"]})).status_code == 200
     assert (await c.delete(f"/api/v1/admin/keys/{created['id']}", headers=keys["admin"])).status_code == 204
+
+
+async def test_operator_times_out_of_range_are_422(env) -> None:  # type: ignore[no-untyped-def]
+    c, _, keys = env
+    r = await c.put("/api/v1/downtime/press-1/0001-01-01T00:00", params={"tz": "+05:00"},
+                    json={"comment": "x"}, headers=keys["operator"])
+    assert r.status_code == 422 and "start" in r.json()["detail"], r.text
+    r = await c.post(f"/api/v1/downtime/press-1/{iso(T0 + 600)}/split", headers=keys["operator"],
+                     json={"at": "9999-12-31T23:00:00Z", "second": {"reason": "die failure"}})
+    assert r.status_code == 422 and "at" in r.json()["detail"], r.text
+    r = await c.put(f"/api/v1/downtime/press-1/{iso(T0 + 600)}", params={"tz": "-24:00"},
+                    json={"comment": "x"}, headers=keys["operator"])
+    assert r.status_code == 422 and "-23:59" in r.json()["detail"], r.text
+
+
+async def test_reasons_of_another_machines_state_table_are_refused(env) -> None:  # type: ignore[no-untyped-def]
+    """The plant's state tables say which reasons each machine has: a press reason on the furnace is a typo."""
+    c, url, keys = env
+    async with StorageWriter(url) as w:
+        await w.write_state_intervals([StateInterval("furnace-1", T0, T0 + 600, "unplanned_stop", None, "plc")])
+        await w.flush(10)
+    furnace = (await c.get("/api/v1/reason-tree", params={"machine": "furnace-1"}, headers=keys["viewer"])).json()
+    press = (await c.get("/api/v1/reason-tree", params={"machine": "press-1"}, headers=keys["viewer"])).json()
+    assert "die failure" in press["categories"]["unplanned_stop"]
+    assert all("die failure" not in reasons for reasons in furnace["categories"].values())
+    assert (await c.get("/api/v1/reason-tree", params={"machine": "nope"}, headers=keys["viewer"])).status_code == 404
+    path = f"/api/v1/downtime/furnace-1/{iso(T0)}"
+    r = await c.put(path, json={"reason": "die failure"}, headers=keys["operator"])
+    assert r.status_code == 422, r.text
+    assert "unknown reason 'die failure'" in r.json()["detail"]
+    own = furnace["categories"]["unplanned_stop"][0]
+    assert own in r.json()["detail"]  # names the allowed ones
+    r = await c.put(path, json={"reason": own}, headers=keys["operator"])
+    assert r.status_code == 200, r.text
+    # A reason tree set through the API names no machines: it applies plant-wide.
+    r = await c.put("/api/v1/admin/config/reason_tree", json={"mechanical": ["die failure"]}, headers=keys["admin"])
+    assert r.status_code == 200, r.text
+    r = await c.put(path, json={"reason": "die failure"}, headers=keys["operator"])
+    assert r.status_code == 200, r.text

@@ -110,8 +110,10 @@ async def test_week_is_rolled_up_from_this_weeks_hours(client: httpx.AsyncClient
 
     now_hour = local_floor(time.time(), "Europe/Berlin", "hour")
     week = local_floor(time.time(), "Europe/Berlin", "week")
+    past = int((now_hour - week) // 3600)  # hours of this week that are over
     hours = [make_result("press-1", "hour", week, total=1000, good=900),
              make_result("press-1", "hour", week - 3600, total=5, good=5)]  # last week: not added
+    hours += [make_result("press-1", "hour", week + i * 3600, total=1, good=1) for i in range(1, past)]
     if now_hour > week:
         hours.append(make_result("press-1", "hour", now_hour, total=100, good=100))
     await write(db, hours)
@@ -119,8 +121,36 @@ async def test_week_is_rolled_up_from_this_weeks_hours(client: httpx.AsyncClient
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["window"] == "week"
-    assert body["total"] == (1100 if now_hour > week else 1000)
+    assert body["total"] == (1100 + max(0, past - 1) if now_hour > week else 1000)
+    # Every hour that is over is stored: the rest of the week is not "missing".
     assert body["start"] == iso(week) and "partial_range" not in body["flags"]
+
+
+async def test_week_flags_past_hours_that_are_missing(client: httpx.AsyncClient, db: str) -> None:
+    import time
+
+    from oee_stream.engine.calendar import local_floor
+
+    now_hour = local_floor(time.time(), "Europe/Berlin", "hour")
+    week = local_floor(time.time(), "Europe/Berlin", "week")
+    if now_hour - week < 2 * 3600:
+        pytest.skip("this week has no hour between its first and the current one yet")
+    # The first hour and the current one are stored; the hours between are over and missing.
+    await write(db, [make_result("press-1", "hour", week, total=10, good=10),
+                     make_result("press-1", "hour", now_hour, total=10, good=10)])
+    body = (await client.get("/api/v1/machines/press-1/oee", params={"window": "week"})).json()
+    assert body["records"] == 2 and "partial_range" in body["flags"], body["flags"]
+
+
+async def test_range_without_data_has_null_config_hash(client: httpx.AsyncClient, db: str) -> None:
+    r = await client.get("/api/v1/machines/press-1/oee", params={"start": iso(T0), "end": iso(T0 + 7200)})
+    assert r.status_code == 200, r.text
+    assert r.json()["config_hash"] is None and r.json()["flags"] == ["no_data"]
+    hour = make_result("press-1", "hour", T0, total=10, good=10)
+    hour.config_hash = "3c1f00aa"
+    await write(db, [hour])
+    r = await client.get("/api/v1/machines/press-1/oee", params={"start": iso(T0), "end": iso(T0 + 3600)})
+    assert r.json()["config_hash"] == "3c1f00aa"
 
 
 async def test_series_pages_through_hours_shifts_and_days(client: httpx.AsyncClient, db: str) -> None:
@@ -209,7 +239,7 @@ async def test_losses_pareto_uses_the_operators_reasons(client: httpx.AsyncClien
 async def test_shift_report_targets_from_calendar_and_ideal_speed(client: httpx.AsyncClient, db: str) -> None:
     await write(db, [
         make_result("press-1", "hour", SHIFT0, total=1500, good=1450, product="6063-T5"),
-        make_result("press-1", "hour", SHIFT0 + 3600, total=1200, good=1200, product="6082-T6"),
+        make_result("press-1", "hour", SHIFT0 + 3600, total=1200, good=1200, ideal_s=2.5, product="6082-T6"),
     ])
     r = await client.get("/api/v1/machines/press-1/shift-report",
                          params={"shift_start": "2025-06-15T14:00", "tz": "plant"})
@@ -219,12 +249,68 @@ async def test_shift_report_targets_from_calendar_and_ideal_speed(client: httpx.
     assert len(rep["hours"]) == 8
     h0, h1, h2 = rep["hours"][:3]
     assert h0["planned_s"] == 3600 and h0["ideal"] == 1800 and h0["good"] == 1450
-    assert h1["ideal"] == pytest.approx(3600 / 2.5) and h1["product"] == "6082-T6"
+    # The hour began on 6063-T5 (h0 ended with it); its ideal count follows what it made: 6082-T6 billets.
+    assert h1["ideal"] == pytest.approx(3600 / 2.5) and h1["product"] == "6063-T5"
     assert h2["good"] == 0 and h2["total"] == 0  # past hour without a stored row
+    assert h2["product"] == "6082-T6"  # the product the press was left on
     assert rep["good"] == 2650 and rep["hours"][1]["cumulative_good"] == 2650
-    assert rep["target"] == pytest.approx(1800 + 1440 + 6 * 1800)
+    assert rep["target"] == pytest.approx(1800 + 1440 + 6 * 1440)
     r = await client.get("/api/v1/machines/press-1/shift-report", params={"shift_start": "bad"})
     assert r.status_code == 422
+
+
+async def put_targets(db: str, body: dict) -> None:  # type: ignore[type-arg]
+    import psycopg
+
+    from oee_stream.storage import edits
+
+    async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+        await edits.put_config(conn, "admin", "targets", body)
+
+
+async def test_shift_report_uses_targets_set_through_the_api(client: httpx.AsyncClient, db: str) -> None:
+    await write(db, [make_result("press-1", "hour", SHIFT0, total=1500, good=1450, product="6063-T5")])
+    url, params = "/api/v1/machines/press-1/shift-report", {"shift_start": iso(SHIFT0)}
+    assert (await client.get(url, params=params)).json()["target_basis"] == "ideal"
+    await put_targets(db, {"press-1": {"target_oee": 0.5}})
+    rep = (await client.get(url, params=params)).json()
+    assert rep["target_basis"] == "target_oee"
+    assert rep["hours"][0]["ideal"] == 1800 and rep["hours"][0]["target"] == pytest.approx(900)
+    assert rep["target"] == pytest.approx(8 * 900)
+    await put_targets(db, {"press-1": {"target_oee": 0.5, "units_per_hour": 1000}})
+    rep = (await client.get(url, params=params)).json()
+    assert rep["target_basis"] == "configured" and rep["target"] == pytest.approx(8000)
+
+
+async def test_shift_report_target_of_an_hour_with_two_products(client: httpx.AsyncClient, db: str) -> None:
+    """A closed hour counts the mix it ran, not the product it ended with; its `product` is the one it began
+    with (the one the hour before the shift ended with)."""
+    await write(db, [
+        make_result("press-1", "hour", SHIFT0 - 3600, total=1800, good=1800, product="6063-T5"),
+        # 500 billets at 2.0 s, then 500 at 2.5 s: 2250 s at ideal speed, ended on 6082-T6.
+        make_result("press-1", "hour", SHIFT0, total=1000, good=1000, ideal_s=2.25, product="6082-T6"),
+    ])
+    rep = (await client.get("/api/v1/machines/press-1/shift-report", params={"shift_start": iso(SHIFT0)})).json()
+    h0, h1 = rep["hours"][:2]
+    assert h0["product"] == "6063-T5" and h0["ideal"] == pytest.approx(3600 * 1000 / 2250)
+    assert h1["product"] == "6082-T6" and h1["ideal"] == pytest.approx(3600 / 2.5)
+
+
+async def test_shift_report_target_of_the_current_hour_stays_put(client: httpx.AsyncClient, db: str) -> None:
+    """The hour in progress is planned with the product running at its start, whatever runs now."""
+    import time
+
+    from oee_stream.engine.calendar import local_floor
+
+    now_hour = local_floor(time.time(), "Europe/Berlin", "hour")
+    await write(db, [
+        make_result("press-1", "hour", now_hour - 3600, total=1800, good=1800, product="6063-T5"),
+        make_result("press-1", "hour", now_hour, total=100, good=100, ideal_s=2.5, product="6082-T6"),
+    ])
+    rep = (await client.get("/api/v1/machines/press-1/shift-report")).json()
+    current = next(h for h in rep["hours"] if h["start"] == iso(now_hour))  # the demo's shifts start on the hour
+    assert current["product"] == "6063-T5"
+    assert current["ideal"] == pytest.approx(current["planned_s"] / 2.0)
 
 
 async def test_downtime_events_filtered_and_paged(client: httpx.AsyncClient, db: str) -> None:

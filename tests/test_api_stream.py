@@ -13,6 +13,7 @@ import uvicorn
 
 from oee_stream.config import Plant
 from oee_stream.embedded import free_port
+from oee_stream.engine.result import iso
 from oee_stream.storage.migrations import migrate
 from oee_stream.storage.writer import StateInterval, StorageWriter
 from test_storage import T0, make_result
@@ -106,7 +107,8 @@ async def test_stream_sends_machines_state_changes_and_heartbeats(fresh_db_url: 
                     seen += await read_events(lines, 1)
             st = next(json.loads(d) for k, d in seen if k == "state")
             assert st == {"machine": "press-1", "state": "unplanned_stop", "reason": "die failure",
-                          "state_since": st["state_since"]}
+                          "state_since": iso(T0 + 600)}  # UTC with Z, as everywhere else
+            assert states["press-1"]["state_since"] == iso(T0)
             assert any(k == "machines" for k, _ in seen)
         # The client went away: the server must still stop promptly (checked by serve()'s wait_for).
 

@@ -120,6 +120,24 @@ async def test_board_served_from_package_without_external_urls(plant: Plant) -> 
     assert cfg["machines"]["furnace-1"]["ideal_per_h"] == pytest.approx(36.0)
 
 
+async def test_board_targets_set_through_the_api_replace_the_plant_files(db: str, plant: Plant) -> None:
+    """`PUT /api/v1/admin/config/targets` is what the board's OEE target follows, at once."""
+    from oee_stream.storage import edits
+
+    app = board_app(db, plant)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+        before = (await http.get("/board/config.json")).json()
+        assert before["machines"]["press-1"]["target_oee"] == DEFAULT_TARGET_OEE
+        async with await psycopg.AsyncConnection.connect(db, autocommit=True) as conn:
+            await edits.put_config(conn, "admin", "targets", {"press-1": {"target_oee": 0.5},
+                                                              "caster-1": {"units_per_hour": 100}})
+        cfg = (await http.get("/board/config.json")).json()
+    assert cfg["machines"]["press-1"]["target_oee"] == 0.5
+    assert cfg["machines"]["caster-1"]["target_oee"] == DEFAULT_TARGET_OEE  # no target_oee set for it
+    assert cfg["machines"]["press-1"]["ideal_per_h"] == before["machines"]["press-1"]["ideal_per_h"]
+
+
 def test_board_without_plant_uses_world_class_target() -> None:
     from oee_stream.board import board_config
 
@@ -382,6 +400,46 @@ async def test_board_renders_demo_machines(
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
     assert seeded["since"]["press-1"] < changed
+
+
+@pytest.mark.e2e
+async def test_board_shows_coverage_and_flags(chromium: str, db: str, plant: Plant, tmp_path: Path) -> None:
+    """A figure over a window that is largely `unknown`, or flagged, must say so on the tile; calendar
+    windows are labelled as what they are ("This hour", not "Last hour")."""
+    now = time.time()
+    hour_start = now - 1800.0
+    sparse = kpi("press-1", "hour", hour_start, now, unit="billets", ideal_s=2.0, running=600.0, total=300.0,
+                 good=300.0, state="running", reason=None, since=now - 60)
+    sparse.seconds["unknown"] = 1200.0
+    sparse.ppt_s = 1800.0
+    sparse.coverage = 1 - 1200.0 / 1800.0  # 33 %
+    sparse.oee = 600.0 / 1800.0
+    fast = kpi("caster-1", "hour", hour_start, now, unit="logs", ideal_s=1.5, running=1800.0, total=1300.0,
+               good=1300.0, state="running", reason=None, since=now - 60)
+    fast.coverage = 0.9
+    fast.flags = ["performance_over_100"]
+    full = kpi("furnace-1", "hour", hour_start, now, unit="t", ideal_s=100.0, running=1800.0, total=15.0,
+               good=15.0, state="running", reason=None, since=now - 60)
+    async with StorageWriter(db) as writer:
+        await writer.write_results([sparse, fast, full])
+        await writer.flush(10)
+    async with serve(board_app(db, plant)) as (base, _, _), \
+            browser(chromium, f"{base}/board?window=hour&stream=0", tmp_path) as cdp:
+        await cdp.wait_for("document.querySelectorAll('[data-machine]').length === 3 && "
+                           "document.querySelector('[data-machine=\"press-1\"] .oee .value').textContent !== '–'",
+                           timeout=20)
+        notes = json.loads(await cdp.eval(
+            "JSON.stringify(Object.fromEntries([...document.querySelectorAll('[data-machine]')].map(t => "
+            "[t.dataset.machine, {note: t.querySelector('.note').textContent, shown: !t.querySelector('.note').hidden,"
+            " low: t.classList.contains('low-coverage'), flags: t.dataset.flags,"
+            " outline: getComputedStyle(t.querySelector('.oee .value')).outlineStyle}])))"))
+        label = await cdp.eval("document.querySelector('#window-label').textContent")
+    assert notes["press-1"]["note"] == "coverage 33 %" and notes["press-1"]["shown"]
+    assert notes["press-1"]["low"] and notes["press-1"]["outline"] == "dashed"
+    assert "coverage 90 %" in notes["caster-1"]["note"] and "P > 100 %" in notes["caster-1"]["note"]
+    assert not notes["caster-1"]["low"] and notes["caster-1"]["flags"] == "performance_over_100"
+    assert notes["furnace-1"] == {"note": "", "shown": False, "low": False, "flags": "", "outline": "none"}
+    assert label.startswith("This hour"), label
 
 
 @pytest.mark.e2e

@@ -20,7 +20,8 @@ class Target(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     units_per_hour: float | None = Field(default=None, gt=0, description="Production target used by the shift report.")
-    target_oee: float | None = Field(default=None, ge=0, le=1, description="OEE target for boards.")
+    target_oee: float | None = Field(default=None, ge=0, le=1, description="OEE target of the shift report and the andon board; "
+                                      "replaces the plant file's target_oee.")
 
 
 class ConfigOut(BaseModel):
@@ -80,7 +81,8 @@ def register(app: FastAPI, ctx: Ctx) -> None:
              summary="Store a new version of a configuration section")
     async def put_config(request: Request, section: Section, body: dict[str, Any]) -> ConfigOut:
         """`reason_tree`: {category: [reason, …]} — used to validate operator reasons.
-        `targets`: {machine: {units_per_hour, target_oee}} — the shift report's targets.
+        `targets`: {machine: {units_per_hour, target_oee}} — the shift report's targets and the board's
+        OEE target, in place of the plant file's `target_oee`.
         `products`: {machine: {product: {ideal_cycle_time_s | ideal_rate_per_h}}} — stored and versioned
         for the engine (which reads the plant file today). Unchanged bodies keep their version."""
         clean = _validate(ctx, section, body)

@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from oee_stream import metrics as _metrics  # noqa: F401  (registers the service's metrics for /metrics)
 from oee_stream.api import admin, operator, reads
+from oee_stream.api import timeutil as tu
 from oee_stream.api.auth import AccessMiddleware, KeyVerifier
 from oee_stream.api.cache import LiveCache
 from oee_stream.api.deps import CALENDAR_WINDOWS, Ctx, allowed_windows
@@ -377,8 +378,9 @@ def create_app(settings: ApiSettings, *, cache: LiveCache | None = None) -> Fast
                         key = (m.state, m.reason, m.state_since)
                         if last_states.get(m.id) != key:
                             last_states[m.id] = key
+                            # UTC with `Z`, as in `machines` events and GET /api/v1/machines.
                             data = orjson.dumps({"machine": m.id, "state": m.state, "reason": m.reason,
-                                                 "state_since": m.state_since}).decode()
+                                                 "state_since": tu.fmt(m.state_since, None)}).decode()
                             chunks.append(f"event: state\ndata: {data}\n\n")
                 now = time.monotonic()
                 if not chunks and now - last_sent >= settings.stream_heartbeat_s:

@@ -87,20 +87,38 @@ class Ctx:
             )
         return found[0], entity_id
 
-    async def targets(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, float]:
-        """Configured production targets, units per hour by machine id (empty when none are configured)."""
+    async def targets(self, conn: psycopg.AsyncConnection[Any]) -> dict[str, dict[str, float]]:
+        """Targets set with PUT /api/v1/admin/config/targets: machine id -> {"units_per_hour", "target_oee"},
+        only the keys that are set (empty when none are configured). They take precedence over the
+        plant file's `target_oee`."""
         cfg = await edits.latest_config(conn, "targets")
         if cfg is None:
             return {}
-        return {m: float(v["units_per_hour"]) for m, v in cfg[1].items() if v.get("units_per_hour")}
+        return {m: {k: float(v[k]) for k in ("units_per_hour", "target_oee") if v.get(k) is not None}
+                for m, v in cfg[1].items()}
 
-    def default_reason_tree(self) -> dict[str, list[str]]:
+    def target_oee(self, machine: Machine, configured: dict[str, dict[str, float]]) -> float | None:
+        """The machine's OEE target: the API configuration's, else the plant file's, else None."""
+        return configured.get(machine.id, {}).get("target_oee", machine.target_oee)
+
+    def default_reason_tree(self, machine: Machine | None = None) -> dict[str, list[str]]:
         """`ApiSettings.reason_tree`, else derived from the plant's state tables: category = the time class
-        of the stop (planned_stop / unplanned_stop), reasons = the reasons mapped to it."""
+        of the stop (planned_stop / unplanned_stop), reasons = the reasons mapped to it. With `machine`:
+        only its own state table's reasons (a press reason is no furnace reason); a machine without a
+        state table (run bit, counts) gets the whole plant's."""
         if self.settings.reason_tree:
             return {k: list(v) for k, v in self.settings.reason_tree.items()}
+        tables = list(self.plant.state_tables.values())
+        if machine is not None and machine.state_table in self.plant.state_tables:
+            own = self._tree_of([self.plant.state_tables[machine.state_table]])
+            if own:
+                return own
+        return self._tree_of(tables)
+
+    @staticmethod
+    def _tree_of(tables: list[Any]) -> dict[str, list[str]]:
         tree: dict[str, list[str]] = {}
-        for table in self.plant.state_tables.values():
+        for table in tables:
             for code in table.values():
                 if code.reason and code.time_class in ("planned_stop", "unplanned_stop"):
                     bucket = tree.setdefault(code.time_class, [])
@@ -108,13 +126,15 @@ class Ctx:
                         bucket.append(code.reason)
         return tree
 
-    async def reason_tree(self, conn: psycopg.AsyncConnection[Any]) -> tuple[dict[str, list[str]], str]:
+    async def reason_tree(self, conn: psycopg.AsyncConnection[Any],
+                          machine: Machine | None = None) -> tuple[dict[str, list[str]], str]:
         """(category -> reasons, where it came from): the API configuration's `reason_tree` when set,
-        else `ApiSettings.reason_tree`, else the plant's state tables."""
+        else `ApiSettings.reason_tree`, else the plant's state tables (only `machine`'s when given). The
+        first two are plant-wide: they name no machines."""
         cfg = await edits.latest_config(conn, "reason_tree")
         if cfg is not None:
             return {k: list(v) for k, v in cfg[1].items()}, f"api_config v{cfg[0]}"
-        return self.default_reason_tree(), "settings" if self.settings.reason_tree else "plant state tables"
+        return self.default_reason_tree(machine), "settings" if self.settings.reason_tree else "plant state tables"
 
     def tz_name(self, kind: str, entity_id: str) -> str:
         """The zone of the entity's calendar windows (the engine buckets hours and days in it)."""

@@ -76,7 +76,10 @@ class KpiRecord(BaseModel):
         description="Warnings about the numbers, e.g. performance_over_100 (ideal cycle time probably wrong), "
         "partial_range (hours missing in a range roll-up), no_data, mixed_config.",
     )
-    config_hash: str = Field(default="", description="Hash of the plant configuration that produced the numbers.")
+    config_hash: str | None = Field(
+        default=None, description="Hash of the plant configuration that produced the numbers; null for a roll-up "
+        "with no stored record, or whose records come from several configurations (flag mixed_config)."
+    )
     weight_yield: float | None = Field(default=None, description="Good output / charged input (rate machines).")
     input_total: float | None = Field(default=None, description="Charged input (rate machines).")
     state: str | None = Field(default=None, description="Time class at window end (machines only).")
@@ -243,8 +246,11 @@ class ShiftHour(BaseModel):
     start: str
     end: str
     planned_s: float = Field(description="Planned production time of the hour inside the shift, from the calendar.")
-    product: str | None = Field(description="Product the hour's target is based on.")
-    ideal: float = Field(description="Units the machine makes in planned_s at ideal speed.")
+    product: str | None = Field(description="Product running at the hour's start (the one the previous hour "
+                                            "ended with).")
+    ideal: float = Field(description="Units the machine makes in planned_s at ideal speed: at the product mix "
+                                     "the hour actually ran once it is over and made something, else at the ideal "
+                                     "speed of `product`.")
     target: float = Field(description="Target units: configured units/hour, else ideal × target OEE, else ideal.")
     total: float | None = Field(description="Actual total; null for hours not started yet.")
     good: float | None

@@ -94,7 +94,7 @@ def _check_reason(tree: dict[str, list[str]], r: ReasonIn) -> str | None:
         return r.category
     cats = [c for c, reasons in tree.items() if r.reason in reasons]
     if not cats:
-        raise HTTPException(422, f"unknown reason {r.reason!r}; allowed: {tree}")
+        raise HTTPException(422, f"unknown reason {r.reason!r} for this machine; allowed: {tree}")
     if len(cats) > 1:
         raise HTTPException(422, f"reason {r.reason!r} is in categories {cats}; give `category`")
     return cats[0]
@@ -104,10 +104,16 @@ def register(app: FastAPI, ctx: Ctx) -> None:
     StartPath = Annotated[str, Path(description="The event's start, ISO 8601 with offset (URL-encode the '+').")]
 
     @app.get("/api/v1/reason-tree", response_model=ReasonTreeOut, tags=["operator"],
-             summary="Reasons an operator may choose, by category")
-    async def reason_tree(request: Request) -> ReasonTreeOut:
+             summary="Reasons an operator may choose, by category",
+             responses={404: {"model": ErrorOut, "description": "Unknown machine."}})
+    async def reason_tree(
+        request: Request,
+        machine: Annotated[str | None, Query(description="Only the reasons this machine's events accept (its "
+                                                         "state table's, when the tree comes from the plant).")] = None,
+    ) -> ReasonTreeOut:
+        m = ctx.machine(machine) if machine is not None else None
         async with ctx.connection(request) as conn:
-            tree, source = await ctx.reason_tree(conn)
+            tree, source = await ctx.reason_tree(conn, m)
         return ReasonTreeOut(source=source, categories=tree)
 
     @app.put("/api/v1/downtime/{machine_id}/{start}", response_model=DowntimeEvent, tags=["operator"],
@@ -116,14 +122,14 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                          tz: tu_tz = None) -> DowntimeEvent:
         """The event is found by machine and exact start. The reason must be in the reason tree
         (GET /api/v1/reason-tree). Running time can never become downtime: 409. Audited."""
-        ctx.machine(machine_id)
+        m = ctx.machine(machine_id)
         zone = tu.zone(tz, ctx.plant.site.timezone)
         s = tu.instant(start, "start", zone)
         assert s is not None
         if body.reason is None and body.comment is None:
             raise HTTPException(422, "give a reason, a comment, or both")
         async with ctx.connection(request) as conn:
-            tree, _ = await ctx.reason_tree(conn)
+            tree, _ = await ctx.reason_tree(conn, m)
             category = _check_reason(tree, body)
             try:
                 row = await edits.set_reason(conn, principal_of(request).actor, machine_id, s,
@@ -139,13 +145,13 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                     tz: tu_tz = None) -> SplitOut:
         """[start, at) and [at, end) keep the time class; each gets its own reason/comment. Only ended
         events can be split (409 while open); the engine will not move the split point later. Audited."""
-        ctx.machine(machine_id)
+        m = ctx.machine(machine_id)
         zone = tu.zone(tz, ctx.plant.site.timezone)
         s = tu.instant(start, "start", zone)
         at = tu.instant(body.at, "at", zone)
         assert s is not None and at is not None
         async with ctx.connection(request) as conn:
-            tree, _ = await ctx.reason_tree(conn)
+            tree, _ = await ctx.reason_tree(conn, m)
             c1, c2 = _check_reason(tree, body.first), _check_reason(tree, body.second)
             try:
                 a, b = await edits.split(

@@ -96,6 +96,19 @@ def current_state(
     return newest.payload.get("state"), newest.payload.get("reason"), since_dt
 
 
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _missing(records: list[dict[str, Any]], start: float, until: float) -> bool:
+    """Whether stored records leave part of [start, until) uncovered."""
+    covered = 0.0
+    for r in records:
+        s, e = _epoch(r["start"]), _epoch(r["end"])
+        covered += max(0.0, min(e, until) - max(s, start))
+    return until - start - covered > 1e-6
+
+
 def _page_next(offset: int, n: int, total: int) -> int | None:
     return offset + n if offset + n < total else None
 
@@ -109,13 +122,21 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         return tu.zone(tz, site_zone)
 
     async def rollup_range(request: Request, kind: str, eid: str, start: datetime, end: datetime,
-                           window: str = "range") -> dict[str, Any]:
+                           window: str = "range", due_until: float | None = None) -> dict[str, Any]:
+        """The roll-up of the stored hours inside [start, end). `due_until`: hours after it lie in the
+        future, so only [start, due_until) counts when deciding whether hours are missing."""
         async with ctx.connection(request) as conn:
             records = await queries.hourly_payloads(conn, eid, start, end, entity_kind=kind)
         result = queries.rollup(records, entity=eid, entity_kind=kind, start=start.timestamp(),
                                 end=end.timestamp(), window=window)
+        if due_until is not None and records:
+            result["flags"] = [f for f in result["flags"] if f != "partial_range"]
+            if _missing(records, start.timestamp(), due_until):
+                result["flags"] = sorted([*result["flags"], "partial_range"])
         if not records and kind == "machine":
             result["unit"] = plant.machine(eid).unit
+        # No single configuration produced the numbers (nothing stored, or several): say so with null.
+        result["config_hash"] = result["config_hash"] or None
         return dict(json_safe(result))
 
     async def entity_oee(request: Request, kind: str, eid: str, window: str | None, start_s: str | None,
@@ -130,10 +151,11 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                 tzn = ctx.tz_name(kind, eid)
                 ws = local_floor(time.time(), tzn, "week")
                 we = local_next(ws, tzn, "week")
+                # The week is in progress: the hours still to come (and the current one) are not
+                # "missing"; past hours without a stored row are.
                 rec = await rollup_range(request, kind, eid, datetime.fromtimestamp(ws, UTC),
-                                         datetime.fromtimestamp(we, UTC), window="week")
-                # The week is in progress: the hours still to come are not "missing".
-                rec["flags"] = [f for f in rec["flags"] if f != "partial_range"]
+                                         datetime.fromtimestamp(we, UTC), window="week",
+                                         due_until=local_floor(time.time(), tzn, "hour"))
                 return tu.localize(rec, zone)
             live = ctx.live()
             if live is not None:
@@ -309,9 +331,11 @@ def register(app: FastAPI, ctx: Ctx) -> None:
         tz: TzParam = None,
     ) -> ShiftReportOut:
         """Targets come from the calendar (planned production time of each hour inside the shift) and the
-        ideal speed of the hour's product: `ideal` = planned seconds / ideal seconds per unit. `target` is
-        the configured units per hour scaled to the planned time when configured, else ideal × the
-        machine's `target_oee`, else ideal. Actuals come from the stored `hour` rows."""
+        ideal speed: `ideal` = planned seconds × total / net run time of a closed hour that made something
+        (the ideal count at the product mix the hour actually ran), else planned seconds / ideal seconds
+        per unit of `product`, the product running at the hour's start. `target` is the configured units
+        per hour scaled to the planned time when configured, else ideal × the machine's target OEE (the
+        API configuration's, else the plant file's), else ideal. Actuals come from the stored `hour` rows."""
         m = ctx.machine(machine_id)
         zone = tzp(tz)
         at_dt = tu.instant(shift_start, "shift_start", zone)
@@ -322,34 +346,45 @@ def register(app: FastAPI, ctx: Ctx) -> None:
             raise HTTPException(404, f"no shift of calendar {m.calendar!r} at {tu.fmt(at, zone)}")
         si = inst[0]
         s_dt, e_dt = datetime.fromtimestamp(si.start, UTC), datetime.fromtimestamp(si.end, UTC)
+        first_hour = local_floor(si.start, cal.timezone, "hour")
         async with ctx.connection(request) as conn:
+            # From the hour before the shift: its product is the one running when the shift began.
             page = await queries.results_in_range(conn, "machine", [machine_id], "hour",
-                                                  datetime.fromtimestamp(local_floor(si.start, cal.timezone, "hour"), UTC),
-                                                  e_dt, inside=False)
+                                                  datetime.fromtimestamp(first_hour - 3600, UTC), e_dt, inside=False)
             configured = await ctx.targets(conn)
         rows = {p["start"]: p for _, p in page.rows}
-        per_hour = configured.get(machine_id)
-        basis = "configured" if per_hour else ("target_oee" if m.target_oee is not None else "ideal")
+        per_hour = configured.get(machine_id, {}).get("units_per_hour")
+        target_oee = ctx.target_oee(m, configured)
+        basis = "configured" if per_hour else ("target_oee" if target_oee is not None else "ideal")
         times, classes = calendar_boundaries(cal, si.start, si.end)
         bounds = [*times.tolist(), si.end]
         hours: list[ShiftHour] = []
         cum_t, cum_g = 0.0, 0.0
-        h = local_floor(si.start, cal.timezone, "hour")
+        h = first_hour
         now = time.time()
+        prev = rows.get(tu.fmt(h - 3600, None))
+        # The product at the hour's start is the one the previous hour ended with: a target that does
+        # not flip while the hour runs. Hours without a previous row keep the last product known.
+        product = (prev or {}).get("product")
         while h < si.end:
             h_end = local_next(h, cal.timezone, "hour")
             a, b = max(h, si.start), min(h_end, si.end)
             planned = sum(max(0.0, min(b, bounds[i + 1]) - max(a, bounds[i]))
                           for i in range(len(classes)) if classes[i] == CAL_PRODUCTION)
             row = rows.get(tu.fmt(h, None))
-            product = (row or {}).get("product") or m.first_product
-            ideal_s = m.products[product].ideal_seconds_per_unit if product in m.products else \
-                m.products[m.first_product].ideal_seconds_per_unit
-            ideal = planned / ideal_s
+            if product not in m.products:
+                product = (row or {}).get("product") if (row or {}).get("product") in m.products else m.first_product
+            assert product is not None
+            made, net = float((row or {}).get("total") or 0.0), float((row or {}).get("net_run_time_s") or 0.0)
+            if h_end <= now and made > 0 and net > 0:
+                # A closed hour weighs each product by what it made, as Performance does.
+                ideal = planned * made / net
+            else:
+                ideal = planned / m.products[product].ideal_seconds_per_unit
             if per_hour:
                 target = float(per_hour) * planned / 3600.0
-            elif m.target_oee is not None:
-                target = ideal * m.target_oee
+            elif target_oee is not None:
+                target = ideal * target_oee
             else:
                 target = ideal
             cum_t += target
@@ -363,6 +398,8 @@ def register(app: FastAPI, ctx: Ctx) -> None:
                 good=good, reject=(float(row.get("reject") or 0.0) if row else (0.0 if started else None)),
                 oee=row.get("oee") if row else None, cumulative_target=cum_t,
                 cumulative_good=cum_g if started else None))
+            if row and row.get("product") in m.products:
+                product = row["product"]
             h = h_end
         return ShiftReportOut(
             machine=machine_id, unit=m.unit, shift=si.name, start=tu.fmt(s_dt, zone), end=tu.fmt(e_dt, zone),

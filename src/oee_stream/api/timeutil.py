@@ -16,6 +16,10 @@ from fastapi import HTTPException
 
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
 TIME_KEYS = ("start", "end", "state_since")
+# Instants the API accepts. The routes step a day or a week past a bound and write times in any zone
+# (offsets up to ±23:59); Python's datetime ends at years 1 and 9999, so leave a margin at both ends.
+MIN_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def zone(tz: str | None, plant_zone: str) -> tzinfo | None:
@@ -28,8 +32,11 @@ def zone(tz: str | None, plant_zone: str) -> tzinfo | None:
         return UTC
     m = _OFFSET.match(tz)
     if m:
+        hours, minutes = int(m.group(2)), int(m.group(3))
+        if hours > 23 or minutes > 59:
+            raise HTTPException(422, f"tz: offset {tz!r} out of range; offsets are -23:59 to +23:59")
         sign = 1 if m.group(1) == "+" else -1
-        return timezone(sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+        return timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -60,6 +67,15 @@ def instant(value: str | None, name: str, tz: tzinfo | None) -> datetime | None:
                 422, f"{name} needs a UTC offset, e.g. 2025-03-01T06:00:00Z, or give ?tz=plant|UTC|+02:00"
             )
         dt = dt.replace(tzinfo=tz)
+    try:
+        inside = MIN_INSTANT <= dt.astimezone(UTC) <= MAX_INSTANT
+    except (OverflowError, ValueError):  # a local time near year 1 or 9999 has no UTC equivalent
+        inside = False
+    if not inside:
+        raise HTTPException(
+            422, f"{name}: {value!r} is out of range; times must lie between 1970-01-01T00:00:00Z and "
+                 "9999-01-01T00:00:00Z"
+        )
     return dt
 
 

@@ -6,8 +6,8 @@ nothing comes from a CDN, so the board works on a plant network without internet
 The page reads `GET /api/v1/machines` (polled every second by default, `?poll=2` for two seconds) and
 switches to Server-Sent Events when the API advertises `/api/v1/stream` in its OpenAPI document: every
 event then triggers an immediate refresh. `GET /board/config.json` gives it the site name and each
-machine's OEE target (`target_oee` of the machine in the plant model, else 85 %, the world-class
-benchmark) and ideal speed.
+machine's OEE target (`target_oee` set with `PUT /api/v1/admin/config/targets`, else the machine's
+`target_oee` in the plant model, else 85 %, the world-class benchmark) and ideal speed.
 
 Include it in an app with ``app.include_router(board_router(plant))``.
 """
@@ -17,10 +17,14 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+import psycopg
+import structlog
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from psycopg_pool import PoolTimeout
 
 from oee_stream.config import Plant
+from oee_stream.storage import edits
 
 __all__ = ["DEFAULT_TARGET_OEE", "STATIC_FILES", "board_router"]
 
@@ -37,6 +41,9 @@ _MEDIA_TYPES = {
 # The page is small and changes with a release: the TV reloads it cheaply, and never runs stale code
 # for long after an upgrade.
 _CACHE = {"Cache-Control": "no-cache"}
+# The board asks for its settings once per page load: a slow database must not keep the TV blank.
+_TARGETS_TIMEOUT_S = 2.0
+log = structlog.get_logger(__name__)
 
 
 def _static_dir() -> Any:
@@ -92,7 +99,29 @@ def board_router(plant: Plant | None = None, *, poll_ms: int = 1000) -> APIRoute
         return Response(body, media_type=_MEDIA_TYPES.get(suffix, "application/octet-stream"), headers=_CACHE)
 
     @router.get("/board/config.json", summary="Andon board settings: site name, OEE targets, ideal speeds")
-    async def board_settings() -> JSONResponse:
-        return JSONResponse(cfg, headers=_CACHE)
+    async def board_settings(request: Request) -> JSONResponse:
+        targets = await _configured_targets(request)
+        if not targets:
+            return JSONResponse(cfg, headers=_CACHE)
+        machines = {m: {**v, "target_oee": targets.get(m, v["target_oee"])} for m, v in cfg["machines"].items()}
+        return JSONResponse({**cfg, "machines": machines}, headers=_CACHE)
 
     return router
+
+
+async def _configured_targets(request: Request) -> dict[str, float]:
+    """`target_oee` by machine from the API configuration, when the board runs inside the API app (its
+    connection pool is `app.state.pool`); empty otherwise or while the database does not answer, so the
+    board still starts, with the plant file's targets."""
+    pool = getattr(request.app.state, "pool", None)
+    if pool is None:
+        return {}
+    try:
+        async with pool.connection(timeout=_TARGETS_TIMEOUT_S) as conn:
+            cfg = await edits.latest_config(conn, "targets")
+    except (PoolTimeout, psycopg.Error) as exc:
+        log.warning("board_targets_unavailable", error=type(exc).__name__)
+        return {}
+    if cfg is None:
+        return {}
+    return {m: float(v["target_oee"]) for m, v in cfg[1].items() if v.get("target_oee") is not None}

@@ -35,6 +35,17 @@
     planned_excluded: "Break",
   };
   const KNOWN_STATES = new Set(Object.keys(STATE_LABELS));
+  // Calendar windows are "this" one (it started at a boundary and is still running); rolling ones look back.
+  const WINDOW_LABELS = { shift: "Current shift", hour: "This hour", day: "Today", week: "This week" };
+  // The result's flags (OEE-SEMANTICS): a supervisor must know when a figure cannot be taken at face value.
+  const FLAG_LABELS = {
+    performance_over_100: "P > 100 %: check ideal speed",
+    partial_range: "hours missing",
+    no_data: "no data",
+    mixed_config: "config changed",
+  };
+  // Below this share of planned time backed by data the OEE figure says little: the tile shows it faded.
+  const LOW_COVERAGE = 0.8;
 
   let cfg = { site: "", default_target_oee: 0.85, poll_ms: 1000, machines: {} };
   let pollMs = 1000;
@@ -109,6 +120,7 @@
       oee: el("div", "oee"),
       count: el("div", "count"),
       apq: el("div", "apq"),
+      note: el("div", "note"),
     };
     parts.oeeLabel = el("span", "label", "OEE " + WINDOW);
     parts.oeeValue = el("div", "value");
@@ -122,7 +134,7 @@
     parts.p = el("span", "p");
     parts.q = el("span", "q");
     parts.apq.append(parts.a, parts.p, parts.q);
-    for (const k of ["name", "since", "state", "reason", "oee", "count", "apq"]) t.append(parts[k]);
+    for (const k of ["name", "since", "state", "reason", "oee", "count", "note", "apq"]) t.append(parts[k]);
     return { el: t, parts, since: null };
   }
 
@@ -185,6 +197,19 @@
     p.a.textContent = "A " + pct(k && k.availability);
     p.p.textContent = "P " + pct(k && k.performance);
     p.q.textContent = "Q " + pct(k && k.quality);
+
+    // Coverage is reported beside every KPI: 24 % OEE over a shift that was 60 % `unknown` is not 24 %.
+    const cov = k && typeof k.coverage === "number" && isFinite(k.coverage) ? k.coverage : null;
+    const flags = (k && k.flags) || [];
+    const notes = [];
+    // Rounded down: 99.6 % covered must not read "coverage 100 %".
+    if (cov !== null && cov < 1) notes.push("coverage " + Math.floor(cov * 100) + " %");
+    for (const f of flags) notes.push(FLAG_LABELS[f] || f.replace(/_/g, " "));
+    p.note.textContent = notes.join(" · ");
+    p.note.hidden = notes.length === 0;
+    tile.el.classList.toggle("low-coverage", cov !== null && cov < LOW_COVERAGE);
+    tile.el.dataset.coverage = cov === null ? "" : String(cov);
+    tile.el.dataset.flags = flags.join(",");
   }
 
   function tick() {
@@ -212,7 +237,7 @@
     layout(list);
     for (const m of list) update(m);
     const k = list.map((m) => (m.kpis || {})[WINDOW]).find((x) => x);
-    $("#window-label").textContent = WINDOW === "shift" ? "Current shift" : "Last " + WINDOW;
+    $("#window-label").textContent = WINDOW_LABELS[WINDOW] || "Last " + WINDOW;
     if (k && k.start) {
       const s = new Date(k.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
       $("#window-label").textContent += " since " + s;
