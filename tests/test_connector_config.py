@@ -138,6 +138,38 @@ def test_unset_variable_error_names_file_and_field() -> None:
     assert "nodes.0.node_id" in msg
 
 
+def test_unset_variables_do_not_hide_the_other_errors() -> None:
+    msg = error_of(opcua(publishing_interval_ms=-1, username="${OEE_QA_U}"), "ua.yaml")
+    assert msg.splitlines() == [
+        "2 problems:",
+        "  ua.yaml: username: environment variable OEE_QA_U is not set (give a default: ${OEE_QA_U:-value})",
+        "  ua.yaml: publishing_interval_ms: -1 is not allowed; it should be greater than 0",
+    ]
+    # the checks across fields run on the placeholder too
+    assert error_of(opcua(username="${OEE_QA_U}"), "ua.yaml").splitlines()[1:] == [
+        "  ua.yaml: username: environment variable OEE_QA_U is not set (give a default: ${OEE_QA_U:-value})",
+        "  ua.yaml: password: give both username and password, or neither",
+    ]
+    # Nothing about the placeholders themselves: not the endpoint or machines they stand in for, not two
+    # unset machines taken for one machine given twice.
+    msg = error_of(opcua(endpoint="opc.tcp://${HOST}:${PORT}/x", node_groups=[{"nodes": [
+        {"node_id": "ns=2;s=a", "machine": "${M1}", "signal": "state"},
+        {"node_id": "${NID}", "machine": "${M2}", "signal": "state"}]}], security_policy="${POLICY}",
+        reconnect_initial_s="${R}"), "ua.yaml")
+    assert msg.splitlines()[1:] == [
+        f"  ua.yaml: {where}: environment variable {var} is not set (give a default: ${{{var}:-value}})"
+        for where, var in [("endpoint", "HOST"), ("endpoint", "PORT"), ("node_groups.0.nodes.0.machine", "M1"),
+                           ("node_groups.0.nodes.1.node_id", "NID"), ("node_groups.0.nodes.1.machine", "M2"),
+                           ("security_policy", "POLICY"), ("reconnect_initial_s", "R")]
+    ]
+    # nor a check across fields that fails only because of a placeholder's value
+    assert error_of(opcua(reconnect_initial_s="${R}", reconnect_max_s=0.5), "ua.yaml") == (
+        "ua.yaml: reconnect_initial_s: environment variable R is not set (give a default: ${R:-value})")
+    # an unset kind leaves nothing to validate against
+    assert error_of(opcua(kind="${KIND}", timeout_s=0), "ua.yaml") == (
+        "ua.yaml: kind: environment variable KIND is not set (give a default: ${KIND:-value})")
+
+
 # ------------------------------------------------------------------------------------------ validation errors
 
 
@@ -184,6 +216,78 @@ def test_bad_endpoint_and_node_id() -> None:
     assert "nodes.0.node_id" in msg and "not an OPC UA NodeId" in msg
 
 
+@pytest.mark.parametrize(("node_id", "why"), [
+    # asyncua parses all of these; none names a node the server can have
+    ("ns=70000;i=1", "the namespace index '70000' is not allowed; expected a whole number 0..65535 (UInt16)"),
+    ("ns=2;i=-5", "the numeric identifier '-5' is not allowed; expected a whole number 0..4294967295 (UInt32)"),
+    ("i=99999999999", "the numeric identifier '99999999999' is not allowed; expected a whole number 0..4294967295"),
+    ("ns=2;s=", "the string identifier after s= is empty"),
+    ("ns=2;b=%%%", "the opaque identifier '%%%' is not allowed; expected base64 (b=aGVsbG8=) or hex (b=0x68656c6c6f)"),
+    ("nsu=;s=x", "the namespace URI after nsu= is empty"),
+    (" ns=2;s=x", "it starts or ends with a space; remove it"),
+    ("ns=2 ;s=x", "a space around the value of ns= ('2 '); remove it"),
+    ("ns=2; s=x", "a space around 's'; remove it"),
+    ("ns=2;s= x", "the string identifier starts with a space; remove it"),
+    ("ns=2;g=abc", "the GUID 'abc' is not valid"),
+    ("nsu=urn:x;ns=2;s=a", "give the namespace by index (ns=) or by URI (nsu=), not both"),
+    ("srv=1;ns=2;s=a", "srv= (a node of another server) is not supported"),
+])
+def test_node_ids_that_cannot_work_are_errors(node_id: str, why: str) -> None:
+    msg = error_of(opcua(nodes=[{"node_id": node_id, "machine": "press-1", "signal": "state"}]), "ua.yaml")
+    assert msg.startswith(f"ua.yaml: nodes.0.node_id: {node_id!r} is not an OPC UA NodeId: {why}"), msg
+
+
+@pytest.mark.parametrize("node_id", [
+    "ns=65535;i=4294967295", "i=0", "s=x", "ns=2;s=press 1.State", "ns=2;s=a;b=c", "nsu=urn:vendor:plc;s=press-1.State",
+    "ns=2;g=09087e75-8e5e-499b-954f-f2a9603db28a", "ns=2;b=aGVsbG8=", "ns=2;b=0x6869",
+])
+def test_node_ids_that_work(node_id: str) -> None:
+    parse_connector(opcua(nodes=[{"node_id": node_id, "machine": "press-1", "signal": "state"}]), env={})
+
+
+@pytest.mark.parametrize(("endpoint", "why"), [
+    ("opc.tcp://10.0.4.20:484000", "the port 484000 is out of range 1..65535"),
+    ("opc.tcp://10.0.4.20:48a0", "the port '48a0' is not a number 1..65535"),
+    ("opc.tcp://10.0.4.20 :4840", "contains a space; remove it"),
+    ("opc.tcp://10.0.4.20:0", "the port 0 is out of range 1..65535"),
+    ("opc.tcp://10.0.4.20:/", "the port after ':' is empty"),
+])
+def test_endpoint_port_must_be_1_to_65535(endpoint: str, why: str) -> None:
+    assert error_of(opcua(endpoint=endpoint), "ua.yaml") == (
+        f"ua.yaml: endpoint: {endpoint!r}: {why}; expected opc.tcp://host:port/path")
+    # 48400 is a valid port (a typo for 4840 cannot be told from a server listening there)
+    for ok in ("opc.tcp://10.0.4.20:48400", "opc.tcp://10.0.4.20", "opc.tcp://[fe80::1]:4840/ua"):
+        parse_connector(opcua(endpoint=ok), env={})
+
+
+def test_empty_values_say_they_are_empty() -> None:
+    assert error_of(opcua(security_policy=None), "ua.yaml") == (
+        "ua.yaml: security_policy: the value is empty; expected one of 'None', 'Basic256Sha256', "
+        "'Aes128_Sha256_RsaOaep', 'Aes256_Sha256_RsaPss' (leave the key out for the default 'None')")
+    assert error_of(opcua(timeout_s=None), "ua.yaml") == (
+        "ua.yaml: timeout_s: the value is empty; expected a number (leave the key out for the default 5.0)")
+    assert error_of(opcua(kind=None), "ua.yaml") == "ua.yaml: kind: the value is empty; allowed: ['modbus', 'opcua']"
+    # where null means "not given", it still does
+    parse_connector(opcua(username=None, password=None, nodes=[
+        {"node_id": "ns=2;s=a", "machine": "press-1", "signal": "state", "deadband": None}]), env={})
+
+
+def test_empty_groups_say_what_is_needed() -> None:
+    assert error_of(opcua(node_groups=[{"nodes": []}]), "ua.yaml") == (
+        "ua.yaml: node_groups.0.nodes: the group has no nodes; at least one node is needed")
+    assert error_of(modbus(groups=[{"registers": []}]), "mb.yaml") == (
+        "mb.yaml: groups.0.registers: the group has no registers; at least one register is needed")
+
+
+def test_a_connectors_wrapper_is_named() -> None:
+    for data in ({"connectors": [opcua()]}, {"connectors": {"ua": opcua()}}, {"line1": opcua()}):
+        key = next(iter(data))
+        assert error_of(data, "ua.yaml") == (
+            f"ua.yaml: {key}: a connector file holds one connector at the top level (kind, id, site, ...), not "
+            f"under {key!r}; remove the `{key}:` key and put each connector in a file of its own")
+    assert error_of({"id": "x"}, "ua.yaml") == "ua.yaml: kind: required field is missing; allowed: ['modbus', 'opcua']"
+
+
 def test_missing_nodes_and_duplicate_signals() -> None:
     assert "no nodes" in error_of(opcua(nodes=[]))
     node = {"node_id": "ns=2;s=a", "machine": "press-1", "signal": "state"}
@@ -226,6 +330,10 @@ def test_modbus_register_errors() -> None:
     assert "registers.0.register" in msg and "'holding'" in msg and "'coil'" in msg
     msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "address": 0, "type": "float"}]))
     assert "registers.0.type" in msg and "'float32'" in msg
+    # a PLC REAL is float32: not only the closest spelling, 'float64'
+    assert msg.endswith("did you mean 'float32' (a PLC REAL) or 'float64' (an LREAL)?")
+    assert error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "address": 0, "type": "DINT"}]),
+                    ).endswith("did you mean 'int32'?")
     msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "address": 70000}]))
     assert "registers.0.address" in msg
     msg = error_of(modbus(registers=[{"machine": "furnace-1", "signal": "s", "register": "coil", "address": 0,
@@ -235,6 +343,20 @@ def test_modbus_register_errors() -> None:
     assert "only allowed with type 'bit'" in error_of(
         modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "bit": 3}]))
     assert "tcp://host:port" in error_of(modbus(controller="udp://1.2.3.4:502"))
+    assert error_of(modbus(controller="tcp://h:0"), "mb.yaml") == (
+        "mb.yaml: controller: 'tcp://h:0': the port 0 is out of range 1..65535; expected tcp://host:port or "
+        "rtu-over-tcp://host:port")
+    assert error_of(modbus(controller="tcp://h:502/unit/3"), "mb.yaml") == (
+        "mb.yaml: controller: 'tcp://h:502/unit/3': '/unit/3' after host:port is not allowed (the unit id goes "
+        "in `slave_id`); expected tcp://host:port or rtu-over-tcp://host:port")
+    assert error_of(modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "scale": 0}]), "mb.yaml") == (
+        "mb.yaml: registers.0.scale: 0 is not allowed: it makes every value 0; expected a non-zero factor "
+        "(1 = the raw value)")
+    assert "registers.0.offset: inf is not allowed; expected a finite number" in error_of(
+        modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "offset": float("inf")}]))
+    # reported with the register's other problems, not only once they are fixed
+    msg = error_of(modbus(registers=[{"machine": "m", "signal": "s", "address": 0, "type": "REAL", "scale": 0}]))
+    assert "registers.0.type: 'REAL' is not allowed" in msg and "registers.0.scale: 0 is not allowed" in msg
     assert "contradicts" in error_of(modbus(controller="tcp://h:502", transmission_mode="RTUoverTCP"))
     assert "groups.0.registers" in error_of(modbus(groups=[{"registers": []}]))
 
@@ -369,6 +491,39 @@ def test_one_based_register_numbers_warn(tmp_path: Path) -> None:
     ]
 
 
+def test_overlapping_registers_of_one_device_warn(tmp_path: Path) -> None:
+    mb = modbus(registers=[
+        {"machine": "furnace-1", "signal": "state", "address": 0},
+        {"machine": "furnace-1", "signal": "total", "address": 1, "type": "float32"},
+        {"machine": "furnace-1", "signal": "input", "address": 3, "type": "float32"},  # right after: fine
+        {"machine": "furnace-1", "signal": "reject", "register": "input", "address": 1},  # another kind: fine
+        {"machine": "furnace-1", "signal": "run", "address": 0, "type": "bit", "bit": 3},  # a bit of the word: fine
+    ], groups=[{"registers": [{"machine": "furnace-1", "signal": "temperature", "address": 2, "type": "float32"}]}])
+    report = check(tmp_path, ("mb.yaml", mb))
+    src = tmp_path / "conn" / "mb.yaml"
+    assert report.ok
+    assert [w for w in report.warnings if "overlaps" in w] == [
+        f"{src}: groups.0.registers.0.address: holding float32 at 2 (registers 2-3) overlaps registers.1 (holding "
+        "float32 at 1 (registers 1-2), furnace-1/total) on the same device; one of the two addresses is probably wrong",
+        f"{src}: registers.2.address: holding float32 at 3 (registers 3-4) overlaps groups.0.registers.0 (holding "
+        "float32 at 2 (registers 2-3), furnace-1/temperature) on the same device; one of the two addresses is "
+        "probably wrong",
+    ]
+
+
+def test_allowed_machines_of_a_broken_plant_are_unique_and_valid(tmp_path: Path) -> None:
+    plant = tmp_path / "plant.yaml"
+    text = PLANT.read_text()
+    # furnace-1 twice and an invalid id: the plant file is broken, its ids are still read
+    plant.write_text(text.replace("- id: press-1", "- id: press 1", 1).replace("- id: caster-1", "- id: furnace-1", 1))
+    report = check(tmp_path, ("a.yaml", opcua(nodes=[{"node_id": "ns=2;s=a", "machine": "press-1", "signal": "state"}])),
+                   plant=plant)
+    assert report.plant is None
+    assert [e for e in report.errors if "a.yaml" in e] == [
+        f"{tmp_path / 'conn' / 'a.yaml'}: nodes.0.machine: 'press-1' is not a machine of the plant; allowed: "
+        "['furnace-1']"]
+
+
 def secured(**over: Any) -> dict[str, Any]:
     return opcua(**{"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt",
                     "certificate": "pki/client.der", "private_key": "pki/client.pem",
@@ -435,7 +590,7 @@ def test_state_source_signal_follows_the_machine(tmp_path: Path) -> None:
                      .replace("state_table: caster\n", "state_source: counts\n"))
     report = check(tmp_path, *demo_files(), plant=plant)
     assert report.ok
-    assert report.warnings == [  # caster-1 (counts) has its `total`
+    assert [w for w in report.warnings if "has no connector producing" in w] == [  # caster-1 (counts) has its `total`
         f"{plant}: lines.0.machines.0: machine 'press-1' has no connector producing 'run' (needed by "
         "state_source: run_bit); its time will be unknown; it does get 'state': did you mean state_source: state_code?"]
 
@@ -480,6 +635,7 @@ def test_every_problem_in_every_connector_file(tmp_path: Path) -> None:
     assert report.errors == [
         f"{conn / 'a.yaml'}: endpoint: environment variable EP is not set (give a default: ${{EP:-value}})",
         f"{conn / 'a.yaml'}: username: environment variable USER is not set (give a default: ${{USER:-value}})",
+        f"{conn / 'a.yaml'}: timeout_s: 0 is not allowed; it should be greater than 0",
         f"{conn / 'b.yaml'}: id: defined twice (lines 2, 3); YAML would keep only the last",
         f"{conn / 'b.yaml'}: site: required field is missing",
         f"{conn / 'b.yaml'}: controller: required field is missing",

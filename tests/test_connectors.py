@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import math
 import queue
 import re
@@ -512,6 +513,81 @@ async def test_opcua_server_down_at_start_then_up_with_old_values(mqtt_url: str)
         await sim.stop()
 
 
+async def test_opcua_a_node_that_cannot_be_resolved_fails_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """A node with a namespace URI the server does not have (or an id the server does not know) is published
+    bad once and logged once at WARNING; the other nodes keep flowing, also after a reconnect. An outage
+    meanwhile is logged when it starts and when its cause changes, not at every attempt, without asyncua's
+    teardown tracebacks."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="oee_stream.connectors.opcua")
+    sim = UaSim(free_port())
+    await sim.start()
+    wrong_uri = {"node_id": "nsu=urn:wrong:ns;s=caster-1.Temp", "machine": "caster-1", "signal": "temperature"}
+    unknown = {"node_id": "ns=2;s=press-1.Nope", "machine": "press-1", "signal": "speed"}
+    nodes = [n.model_dump(exclude_none=True) for n in ua_config("s", sim.endpoint).nodes]
+    cfg = ua_config("s", sim.endpoint, nodes=[*nodes[:4], wrong_uri, *nodes[4:], unknown])
+    conn = build_connector(cfg, MqttSettings())
+    got: list[Sample] = []
+    task = asyncio.create_task(conn.run_source(got.extend))  # type: ignore[attr-defined]
+
+    def latest(machine: str, signal: str) -> Sample | None:
+        return next((x for x in reversed(got) if (x.machine, x.signal) == (machine, signal)), None)
+
+    async def until(pred: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not pred():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; stats {conn.stats.as_dict()}"
+            await asyncio.sleep(0.02)
+
+    def cannot_monitor(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "oee_stream.connectors.opcua" and r.levelno == level and "cannot monitor" in r.getMessage()]
+
+    def all_good() -> bool:
+        return all((x := latest(m, sig)) is not None and x.quality == "good"
+                   for m in ("press-1", "caster-1") for sig in SIGNALS.values())
+
+    try:
+        await until(all_good, "the good nodes")
+        assert [(x.value, x.quality) for x in got if x.signal in ("temperature", "speed")] == [
+            (None, "bad"), (None, "bad")]
+        assert cannot_monitor(logging.WARNING) == [
+            f"connector ua-test: cannot monitor nsu=urn:wrong:ns;s=caster-1.Temp (caster-1/temperature): namespace "
+            f"URI 'urn:wrong:ns' is not on the server; it has: ['http://opcfoundation.org/UA/', "
+            f"'urn:freeopcua:python:server', '{NS}']",
+            "connector ua-test: cannot monitor ns=2;s=press-1.Nope (press-1/speed): BadNodeIdUnknown",
+        ]
+        assert f"connector ua-test: subscribed to 8 of 10 nodes on {sim.endpoint} (2 cannot be monitored, see " \
+               "above)" in caplog.messages
+        stats = conn.stats.extra
+        assert (stats["monitored_items"], stats["bad_nodes"]) == (8, 2)
+        assert conn.stats.source_connected and conn.stats.last_error is None
+        base = time.time()
+        await sim.write("caster-1.TotalCount", 101, ua.VariantType.UInt32, _ts(base))
+        await until(lambda: latest("caster-1", "total").value == 101, "a change of a good node")  # type: ignore[union-attr]
+
+        # an outage long enough for several attempts: logged at its start and when its cause changes
+        caplog.clear()
+        await sim.stop()
+        await until(lambda: conn.stats.source_errors >= 6, "several failed attempts")
+        await sim.start()
+        await until(lambda: conn.stats.reconnects == 1 and all_good(), "the good nodes after the reconnect")
+        ours = [r for r in caplog.records if r.name == "oee_stream.connectors.opcua" and r.levelno >= logging.WARNING]
+        assert 1 <= len(ours) <= 3, [r.getMessage() for r in ours]  # lost, then refused (maybe a timeout)
+        assert any("is back after" in m for m in caplog.messages)
+        noise = [r.getMessage() for r in caplog.records if r.name.startswith("asyncua.client")
+                 and ("connection is closed" in r.getMessage() or "Publish iteration crashed" in r.getMessage())]
+        assert noise == []
+        # the same failures again: a bad sample each, no second warning, the gauge is this session's
+        assert cannot_monitor(logging.WARNING) == [] and len(cannot_monitor(logging.DEBUG)) == 2
+        assert (stats["monitored_items"], stats["bad_nodes"]) == (8, 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        await sim.stop()
+
+
 # ============================================================================================ Modbus e2e
 
 FURNACE = {"status": 1, "tapped": 12.5, "charged": 14.25, "offspec": 0.75, "temp": 731.5, "product": 1}
@@ -797,7 +873,9 @@ async def test_opcua_security_rejections_are_clear(mqtt_url: str, pki: Path, cas
         expect = "not the pinned server_certificate"
     elif case == "policy_not_offered":
         over, policy, mode = {}, "Basic256Sha256", "Sign"
-        expect = "does not offer security_policy Basic256Sha256 with security_mode Sign; it offers ["
+        # readable, as the config keys are written (asyncua calls the mode None_)
+        expect = ("does not offer security_policy Basic256Sha256 with security_mode Sign; it offers "
+                  "(security_policy/security_mode): Aes256_Sha256_RsaPss/SignAndEncrypt")
     conn = build_connector(_secure_config(site, endpoint, pki, policy, mode, **over), MqttSettings(mqtt_url))
     try:
         async with running(conn):

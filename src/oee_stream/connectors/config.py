@@ -6,11 +6,17 @@ container can point a connector at another endpoint without editing the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import re
+import types
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import ParseResult, urlparse
 
 from pydantic import (
     AliasChoices,
@@ -19,9 +25,11 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 from oee_stream.config import Plant, load_plant_data, plant_warnings, raw_machine_ids
 from oee_stream.config_files import (
@@ -32,15 +40,75 @@ from oee_stream.config_files import (
     load_yaml,
     validation_problems,
 )
-from oee_stream.connectors.envsubst import EnvSubstError, expand_tree
+from oee_stream.connectors.envsubst import expand_tree_with_placeholders
 from oee_stream.connectors.modbus_codec import ByteOrder, DataType, register_count
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 # a topic segment: no MQTT wildcards or separators, and not starting with "_" (reserved for _status etc.)
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _alternatives(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [t for arg in get_args(tp) for t in _alternatives(arg)]
+    return [tp]
+
+
+def _expected(tp: Any) -> str:
+    """What a field takes, for a message: its allowed values, or the kind of value."""
+    parts: list[str] = []
+    for alt in _alternatives(tp):
+        origin = get_origin(alt)
+        if origin is Literal:
+            parts.append("one of " + ", ".join(repr(a) for a in get_args(alt)))
+        elif alt is float:
+            parts.append("a number")
+        elif alt is int:
+            parts.append("a whole number")
+        elif alt is str:
+            parts.append("text")
+        elif origin is list:
+            parts.append("a list")
+        elif isinstance(alt, type) and issubclass(alt, BaseModel):
+            parts.append("a mapping (key: value)")
+    return " or ".join(parts) or "a value"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, v: Any, info: ValidationInfo) -> Any:
+        # `security_policy:` with nothing after it is YAML null; pydantic would say "None is not allowed;
+        # expected 'None', ...", which reads as if the policy 'None' were refused.
+        if v is not None or info.field_name is None:
+            return v
+        f = cls.model_fields[info.field_name]
+        if type(None) in _alternatives(f.annotation):
+            return v
+        default = "" if f.default in (PydanticUndefined, None) else f" (leave the key out for the default {f.default!r})"
+        raise ValueError(f"the value is empty; expected {_expected(f.annotation)}{default}")
+
+
+def _url_problem(v: str, u: ParseResult) -> str | None:
+    """A space or a port that is not 1..65535 in a host:port URL (urlparse accepts both, or says little)."""
+    if any(c.isspace() for c in v):
+        return "contains a space; remove it"
+    m = re.match(r"^(?:[^@]*@)?(?:\[[^\]]*\]|[^:]*)(?::(?P<port>.*))?$", u.netloc)
+    port = m["port"] if m else None
+    if port is None:
+        return None
+    if not port:
+        return "the port after ':' is empty"
+    if not re.fullmatch(r"[0-9]+", port):
+        return f"the port {port!r} is not a number 1..65535"
+    if not 1 <= int(port) <= 65535:
+        return f"the port {int(port)} is out of range 1..65535"
+    return None
 
 
 class PublishSettings(_Strict):
@@ -121,6 +189,71 @@ SecurityPolicy = Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]
 
 
+_NODE_ID_EXAMPLES = "e.g. 'ns=2;s=press-1.State', 'nsu=urn:x;i=1001'"
+_UINT16_MAX = 65535
+_UINT32_MAX = 4294967295
+
+
+def _node_id_problem(v: str) -> str | None:
+    """Why `v` cannot name a node the connector can monitor, or None.
+
+    asyncua's parser takes more than works: `ns=70000`, `i=-5`, an empty `s=`, undecodable `b=` bytes (which
+    become empty) and spaces around the parts all parse, and fail only at the server, or never match a node.
+    """
+    if v != v.strip():
+        return "it starts or ends with a space; remove it"
+    parts: dict[str, str] = {}
+    rest = v
+    while True:
+        key, eq, value = rest.partition("=")
+        if not eq:
+            return f"no identifier (i=, s=, g= or b=) ({_NODE_ID_EXAMPLES})"
+        if key != key.strip():
+            return f"a space around {key.strip()!r}; remove it (only a string identifier may hold spaces)"
+        if key in ("i", "s", "g", "b"):
+            break  # the identifier is the rest: a string identifier may hold ';' and '='
+        if key not in ("ns", "nsu", "srv"):
+            return f"unknown part {key!r}; expected ns= or nsu=, then i=, s=, g= or b= ({_NODE_ID_EXAMPLES})"
+        value, semi, rest = value.partition(";")
+        if key in parts:
+            return f"{key}= is given twice"
+        if value != value.strip():
+            return f"a space around the value of {key}= ({value!r}); remove it"
+        parts[key] = value
+        if not semi:
+            return f"no identifier after {key}={value} (i=, s=, g= or b=) ({_NODE_ID_EXAMPLES})"
+    if "srv" in parts:
+        return "srv= (a node of another server) is not supported; the connector reads the endpoint's own nodes"
+    if "ns" in parts and "nsu" in parts:
+        return "give the namespace by index (ns=) or by URI (nsu=), not both"
+    ns = parts.get("ns")
+    if ns is not None and not (re.fullmatch(r"[0-9]+", ns) and int(ns) <= _UINT16_MAX):
+        return f"the namespace index {ns!r} is not allowed; expected a whole number 0..{_UINT16_MAX} (UInt16)"
+    if parts.get("nsu") == "":
+        return "the namespace URI after nsu= is empty"
+    if key == "i" and not (re.fullmatch(r"[0-9]+", value) and int(value) <= _UINT32_MAX):
+        return f"the numeric identifier {value!r} is not allowed; expected a whole number 0..{_UINT32_MAX} (UInt32)"
+    if key == "s" and not value:
+        return "the string identifier after s= is empty"
+    if key == "s" and value != value.lstrip():
+        return "the string identifier starts with a space; remove it"
+    if key == "g":
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            return (f"the GUID {value!r} is not valid; expected 32 hex digits as 8-4-4-4-12, "
+                    "e.g. g=09087e75-8e5e-499b-954f-f2a9603db28a")
+    if key == "b":
+        try:
+            raw = bytes.fromhex(value[2:]) if value.startswith("0x") else base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            raw = b""
+        if not raw:
+            return (f"the opaque identifier {value!r} is not allowed; expected base64 (b=aGVsbG8=) or hex "
+                    "(b=0x68656c6c6f), not empty")
+    return None
+
+
 class OpcUaNode(_Strict):
     node_id: str  # "ns=2;s=press-1.State" or "nsu=urn:oee-stream:sim;s=press-1.State"
     machine: Name
@@ -132,12 +265,13 @@ class OpcUaNode(_Strict):
     def _node_id(cls, v: str) -> str:
         from asyncua import ua
 
+        problem = _node_id_problem(v)
+        if problem is not None:
+            raise ValueError(f"{v!r} is not an OPC UA NodeId: {problem}")
         try:
             ua.NodeId.from_string(v)
         except Exception as exc:
-            raise ValueError(
-                f"{v!r} is not an OPC UA NodeId (e.g. 'ns=2;s=press-1.State', 'nsu=urn:x;i=1001')"
-            ) from exc
+            raise ValueError(f"{v!r} is not an OPC UA NodeId ({_NODE_ID_EXAMPLES})") from exc
         return v
 
 
@@ -148,7 +282,14 @@ class OpcUaNodeGroup(_Strict):
     publishing_interval_ms: Annotated[float, Field(gt=0)] | None = None
     sampling_interval_ms: Annotated[float, Field(ge=0)] | None = None
     deadband: Annotated[float, Field(ge=0)] | None = None
-    nodes: Annotated[list[OpcUaNode], Field(min_length=1)]
+    nodes: list[OpcUaNode]
+
+    @field_validator("nodes")
+    @classmethod
+    def _some_nodes(cls, v: list[OpcUaNode]) -> list[OpcUaNode]:
+        if not v:
+            raise ValueError("the group has no nodes; at least one node is needed")
+        return v
 
 
 @dataclass(frozen=True)
@@ -188,6 +329,9 @@ class OpcUaConfig(_ConnectorBase):
         u = urlparse(v)
         if u.scheme != "opc.tcp" or not u.hostname:
             raise ValueError(f"{v!r} is not an OPC UA endpoint; expected opc.tcp://host:port/path")
+        problem = _url_problem(v, u)
+        if problem is not None:
+            raise ValueError(f"{v!r}: {problem}; expected opc.tcp://host:port/path")
         return v
 
     def _kind_problems(self) -> list[tuple[FieldPath, str]]:
@@ -246,6 +390,14 @@ class OpcUaConfig(_ConnectorBase):
 
 RegisterKind = Literal["coil", "discrete", "holding", "input"]
 
+# PLC / IEC 61131 type names → the `type` to use (did_you_mean would offer float64 for `float`)
+_PLC_TYPE_NAMES = {
+    "float": "'float32' (a PLC REAL) or 'float64' (an LREAL)",
+    "real": "'float32'", "lreal": "'float64'", "double": "'float64'",
+    "int": "'int16' (a PLC INT) or 'int32' (a DINT)", "dint": "'int32'", "uint": "'uint16'", "udint": "'uint32'",
+    "word": "'uint16'", "dword": "'uint32'", "boolean": "'bool'",
+}
+
 
 class ModbusRegister(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -259,6 +411,27 @@ class ModbusRegister(_Strict):
     scale: float = 1.0
     offset: float = 0.0
     byte_order: ByteOrder | None = None  # overrides the connector's byte_order
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _plc_type_name(cls, v: Any) -> Any:
+        # The closest spelling of `float` is 'float64', but a PLC's REAL, the usual analog value, is float32.
+        hint = _PLC_TYPE_NAMES.get(v.lower()) if isinstance(v, str) and v not in get_args(DataType) else None
+        if hint is not None:
+            *most, last = (repr(t) for t in get_args(DataType))
+            allowed = f"{', '.join(most)} or {last}"
+            raise ValueError(f"{v!r} is not allowed; expected {allowed}; did you mean {hint}?")
+        return v
+
+    @field_validator("scale", "offset")
+    @classmethod
+    def _factor(cls, v: float, info: ValidationInfo) -> float:
+        # field checks, not in `_check`: they are reported even when another field (the type) is wrong
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not allowed; expected a finite number")
+        if v == 0 and info.field_name == "scale":
+            raise ValueError("0 is not allowed: it makes every value 0; expected a non-zero factor (1 = the raw value)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> ModbusRegister:
@@ -287,7 +460,14 @@ class ModbusGroup(_Strict):
 
     name: str | None = None
     poll_interval_ms: Annotated[float, Field(gt=0)] | None = None
-    registers: Annotated[list[ModbusRegister], Field(min_length=1)]
+    registers: list[ModbusRegister]
+
+    @field_validator("registers")
+    @classmethod
+    def _some_registers(cls, v: list[ModbusRegister]) -> list[ModbusRegister]:
+        if not v:
+            raise ValueError("the group has no registers; at least one register is needed")
+        return v
 
 
 @dataclass(frozen=True)
@@ -314,12 +494,16 @@ class ModbusConfig(_ConnectorBase):
     @classmethod
     def _controller(cls, v: str) -> str:
         u = urlparse(v)
+        expected = "expected tcp://host:port or rtu-over-tcp://host:port"
         if u.scheme not in ("tcp", "rtu-over-tcp") or not u.hostname:
-            raise ValueError(f"{v!r} is not a Modbus controller; expected tcp://host:port or rtu-over-tcp://host:port")
-        try:
-            u.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise ValueError(f"{v!r}: {exc}") from exc
+            raise ValueError(f"{v!r} is not a Modbus controller; {expected}")
+        problem = _url_problem(v, u)
+        if problem is not None:
+            raise ValueError(f"{v!r}: {problem}; {expected}")
+        if u.path not in ("", "/") or u.query or u.fragment or u.params:
+            # the connector would ignore it: a unit number there is not the slave_id it reads from
+            raise ValueError(f"{v!r}: {v[len(u.scheme) + 3 + len(u.netloc):]!r} after host:port is not allowed "
+                             f"(the unit id goes in `slave_id`); {expected}")
         return v
 
     def _kind_problems(self) -> list[tuple[FieldPath, str]]:
@@ -383,25 +567,62 @@ def validate_connector(data: Any, source: Path | str = "<connector>",
     if not isinstance(data, Mapping):
         return None, [f"{source}: expected a mapping (key: value) at the top level, got "
                       f"{'a list' if isinstance(data, list) else repr(data)}"]
-    try:
-        data = expand_tree(data, env)
-    except EnvSubstError as exc:
-        return None, [f"{source}: {p}" for p in exc.problems]
+    # Unset variables get a placeholder, so that the file's other problems are reported in the same run.
+    raw = data
+    data, unresolved = expand_tree_with_placeholders(raw, env)
+    problems = [f"{source}: {where}: {reason}" for where, reason in unresolved]
     kind = data.get("kind")
     kinds = sorted(CONFIG_KINDS)
+    if any(where == "kind" for where, _ in unresolved):
+        return None, problems
     if kind is None:
-        return None, [f"{source}: kind: required field is missing; allowed: {kinds}"]
+        wrapper = None if "kind" in data else _connector_wrapper(data)
+        if wrapper is not None:
+            return None, [*problems, f"{source}: {wrapper}: a connector file holds one connector at the top level "
+                                     f"(kind, id, site, ...), not under {wrapper!r}; remove the `{wrapper}:` key "
+                                     "and put each connector in a file of its own"]
+        missing = "the value is empty" if "kind" in data else "required field is missing"
+        return None, [*problems, f"{source}: kind: {missing}; allowed: {kinds}"]
     if not isinstance(kind, str) or kind not in CONFIG_KINDS:
         best = did_you_mean(str(kind), kinds)
         hint = f"; did you mean {best!r}?" if best else ""
-        return None, [f"{source}: kind: {kind!r} is not a connector kind; allowed: {kinds}{hint}"]
+        return None, [*problems, f"{source}: kind: {kind!r} is not a connector kind; allowed: {kinds}{hint}"]
     model = CONFIG_KINDS[kind]
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
-        return None, validation_problems(source, exc, model)
+        found = validation_problems(source, exc, model)
+        if unresolved:
+            # An error at a field holding a placeholder is about the placeholder, not the file; so is one
+            # that changes with the placeholders' values (another field compared with one of them).
+            prefixes = tuple(f"{source}: {where}{sep}" for where, _ in unresolved for sep in (":", "."))
+            again = _problems_with(model, expand_tree_with_placeholders(raw, env, first=2)[0], source)
+            found = [p for p in found if not p.startswith(prefixes) and p in again]
+        return None, problems + found
+    if problems:
+        return None, problems
     cfg._source = Path(source)
     return cfg, []
+
+
+def _problems_with(model: type[_ConnectorBase], data: Any, source: Path | str) -> list[str]:
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return validation_problems(source, exc, model)
+    return []
+
+
+def _connector_wrapper(data: Mapping[Any, Any]) -> str | None:
+    """The top-level key that wraps connector definitions (`connectors: [{kind: opcua, ...}]`), if any."""
+    def is_connector(v: Any) -> bool:
+        return isinstance(v, Mapping) and "kind" in v
+
+    for key, value in data.items():
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, Mapping) else []
+        if key == "connectors" or is_connector(value) or any(is_connector(v) for v in items):
+            return str(key)
+    return None
 
 
 def parse_connector(data: Any, source: Path | str = "<connector>",
@@ -516,7 +737,34 @@ def _file_findings(cfg: _ConnectorBase) -> tuple[list[str], list[str]]:
                     f"{src}: {where}.address: {r.address} looks like a 1-based register number "
                     f"({str(base)[0]}xxxx); `address` is the 0-based protocol address, here probably "
                     f"{r.address - base}")
+        warnings += _overlaps(src, regs)
     return errors, warnings
+
+
+def _span(r: ModbusRegister) -> str:
+    last = r.address + register_count(r.type) - 1
+    return f"{r.register_kind} {r.type} at {r.address}" + (f" (registers {r.address}-{last})" if last > r.address else "")
+
+
+def _overlaps(src: str, regs: Sequence[tuple[str, ModbusRegister]]) -> list[str]:
+    """Values of one device that share a register: usually one of them is at the wrong address.
+
+    `bit` values are left out: reading single bits of a status word that is also read whole is common.
+    """
+    out: list[str] = []
+    ordered = sorted(((r.register_kind, r.address, i) for i, (_, r) in enumerate(regs) if r.type != "bit"))
+    active: list[int] = []  # indexes of earlier values of this kind whose registers may reach the current one
+    kind = None
+    for k, address, i in ordered:
+        if k != kind:
+            kind, active = k, []
+        active = [j for j in active if regs[j][1].address + register_count(regs[j][1].type) > address]
+        for j in active:
+            (where, r), (other, o) = regs[i], regs[j]
+            out.append(f"{src}: {where}.address: {_span(r)} overlaps {other} ({_span(o)}, {o.machine}/{o.signal}) "
+                       "on the same device; one of the two addresses is probably wrong")
+        active.append(i)
+    return out
 
 
 def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
@@ -557,7 +805,9 @@ def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
         machine_ids = [m.id for m in plant.machines]
     if machine_ids is None:
         return errors, warnings
-    machines = sorted(machine_ids)
+    # A broken plant file may name a machine twice or with an invalid id: list (and suggest) only the ids
+    # a connector can use.
+    machines = sorted({m for m in machine_ids if re.fullmatch(NAME_PATTERN, m)})
     producers: dict[tuple[str, str], str] = {}
     produced: dict[str, set[str]] = {}
     for cfg in configs:

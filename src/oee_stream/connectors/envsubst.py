@@ -11,9 +11,10 @@ inject YAML structure. Defaults are literal text (no nested expansion).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _PATTERN = re.compile(
@@ -32,16 +33,19 @@ class EnvSubstError(ValueError):
         self.problems = problems if problems is not None else [message]
 
 
-def expand(text: str, env: Mapping[str, str] | None = None) -> str:
+def _raise(message: str) -> str:
+    raise EnvSubstError(message)
+
+
+def _expand(text: str, env: Mapping[str, str] | None, on_error: Callable[[str], str]) -> str:
+    """`text` expanded; a reference that cannot be is replaced by what `on_error(reason)` returns."""
     environ: Mapping[str, str] = os.environ if env is None else env
 
     def repl(m: re.Match[str]) -> str:
         if m.group(0) == "$${":
             return "${"
         if m.group("name") is None:
-            raise EnvSubstError(
-                f"malformed variable reference {m.group(0)!r}: use ${{NAME}} or ${{NAME:-default}}"
-            )
+            return on_error(f"malformed variable reference {m.group(0)!r}: use ${{NAME}} or ${{NAME:-default}}")
         name, op, default = m.group("name"), m.group("op"), m.group("default")
         value = environ.get(name)
         if op == ":-":
@@ -49,10 +53,14 @@ def expand(text: str, env: Mapping[str, str] | None = None) -> str:
         if op == "-":
             return value if value is not None else default
         if value is None:
-            raise EnvSubstError(f"environment variable {name} is not set (give a default: ${{{name}:-value}})")
+            return on_error(f"environment variable {name} is not set (give a default: ${{{name}:-value}})")
         return value
 
     return _PATTERN.sub(repl, text)
+
+
+def expand(text: str, env: Mapping[str, str] | None = None) -> str:
+    return _expand(text, env, _raise)
 
 
 def expand_tree(data: Any, env: Mapping[str, str] | None = None, path: str = "") -> Any:
@@ -60,22 +68,37 @@ def expand_tree(data: Any, env: Mapping[str, str] | None = None, path: str = "")
 
     Raises EnvSubstError naming every bad reference ('field.path: reason'), not only the first.
     """
-    problems: list[str] = []
-    out = _expand_tree(data, env, path, problems)
+    out, problems = expand_tree_with_placeholders(data, env, path)
     if problems:
-        raise EnvSubstError("; ".join(problems), problems)
+        lines = [f"{where or '(top level)'}: {reason}" for where, reason in problems]
+        raise EnvSubstError("; ".join(lines), lines)
     return out
 
 
-def _expand_tree(data: Any, env: Mapping[str, str] | None, path: str, problems: list[str]) -> Any:
-    if isinstance(data, str):
-        try:
-            return expand(data, env)
-        except EnvSubstError as exc:
-            problems.append(f"{path or '(top level)'}: {exc}")
-            return data
-    if isinstance(data, Mapping):
-        return {k: _expand_tree(v, env, f"{path}.{k}" if path else str(k), problems) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_expand_tree(v, env, f"{path}.{i}" if path else str(i), problems) for i, v in enumerate(data)]
-    return data
+def expand_tree_with_placeholders(data: Any, env: Mapping[str, str] | None = None, path: str = "",
+                                  first: int = 1) -> tuple[Any, list[tuple[str, str]]]:
+    """Expand every string in a YAML tree; (the tree, [(field path, reason)] of every bad reference).
+
+    A bad reference is replaced by a placeholder, a small whole number counting up from `first`, so that
+    the rest of the file can still be validated: a number fits most fields (text, numbers, a URL's host or
+    port), and each reference gets another one, so two unset machine ids do not look like one machine
+    given twice. The caller reports the references and leaves out the validation errors the placeholders
+    cause (see `connectors.config.validate_connector`).
+    """
+    problems: list[tuple[str, str]] = []
+    numbers = itertools.count(first)
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, str):
+            def on_error(reason: str) -> str:
+                problems.append((where, reason))
+                return str(next(numbers))
+
+            return _expand(node, env, on_error)
+        if isinstance(node, Mapping):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}.{i}" if where else str(i)) for i, v in enumerate(node)]
+        return node
+
+    return walk(data, path), problems

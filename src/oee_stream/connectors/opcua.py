@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -159,8 +159,107 @@ def sample_from_datavalue(machine: str, signal: str, dv: ua.DataValue, received:
     return Sample(machine, signal, ts, value, q)
 
 
-def chunks(seq: Sequence[OpcUaNode], size: int) -> list[Sequence[OpcUaNode]]:
+T = TypeVar("T")
+
+
+def chunks(seq: Sequence[T], size: int) -> list[Sequence[T]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def resolve_node_id(node_id: str, namespaces: Sequence[str] | None) -> ua.NodeId:
+    """The NodeId to monitor; an ``nsu=`` URI is looked up in the server's namespace array.
+
+    Raises ValueError saying why this one node cannot be monitored (the other nodes still can).
+    """
+    try:
+        nid = ua.NodeId.from_string(node_id)
+    except Exception as exc:
+        raise ValueError(f"not an OPC UA NodeId: {exc}") from exc
+    if isinstance(nid, ua.ExpandedNodeId):
+        if nid.NamespaceUri:
+            assert namespaces is not None  # fetched whenever a node names a URI
+            if nid.NamespaceUri not in namespaces:
+                raise ValueError(f"namespace URI {nid.NamespaceUri!r} is not on the server; it has: "
+                                 f"{list(namespaces)}")
+            return ua.NodeId(nid.Identifier, ua.Int16(namespaces.index(nid.NamespaceUri)), nid.NodeIdType)
+        return ua.NodeId(nid.Identifier, nid.NamespaceIndex, nid.NodeIdType)
+    return nid
+
+
+def _needs_namespaces(node_id: str) -> bool:
+    with contextlib.suppress(Exception):
+        nid = ua.NodeId.from_string(node_id)
+        return isinstance(nid, ua.ExpandedNodeId) and bool(nid.NamespaceUri)
+    return False
+
+
+# A lost connection makes asyncua log its own teardown: a traceback per second from the publish loop, and
+# "called but connection is closed" on every close, once per reconnect attempt. The connector reports the
+# loss itself (OutageLog), so these are dropped unless someone debugs asyncua.
+_ASYNCUA_TEARDOWN = frozenset({
+    "close_secure_channel was called but connection is closed",
+    "close_session was called but connection is closed",
+    "close_session but connection wasn't established",
+})
+
+
+class _AsyncuaTeardownFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("asyncua").isEnabledFor(logging.DEBUG):
+            return True
+        if record.msg in _ASYNCUA_TEARDOWN:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        # only the "connection is gone" case: any other publish failure is a real error and stays
+        return not (str(record.msg).startswith("Publish iteration crashed") and isinstance(exc, ConnectionError))
+
+
+_TEARDOWN_FILTER = _AsyncuaTeardownFilter()
+
+
+def quiet_asyncua_teardown() -> None:
+    """Install the filter on the asyncua loggers that report a teardown (idempotent)."""
+    for name in ("asyncua.client.ua_client.UaClient", "asyncua.client.ua_session.UaSession"):
+        logger = logging.getLogger(name)
+        if _TEARDOWN_FILTER not in logger.filters:
+            logger.addFilter(_TEARDOWN_FILTER)
+
+
+class OutageLog:
+    """When to log a failed connection attempt: an outage repeats the same error at every attempt.
+
+    WARNING when the outage starts and whenever an error not seen yet in this outage comes up (a server
+    that alternates between refusing and timing out is not logged at every attempt), then once every
+    `every_s` while it lasts, with how long and how many attempts; DEBUG in between.
+    """
+
+    def __init__(self, every_s: float = 300.0) -> None:
+        self.every_s = every_s
+        self.since: float | None = None
+        self.attempts = 0
+        self._seen: set[str] = set()
+        self._last_logged = 0.0
+
+    def failed(self, error: str, now: float) -> tuple[int, str]:
+        """(log level, suffix for the message) of one more failed attempt."""
+        if self.since is None:
+            self.since = now
+        self.attempts += 1
+        if error in self._seen and now - self._last_logged < self.every_s:
+            return logging.DEBUG, ""
+        self._seen.add(error)
+        self._last_logged = now
+        if self.attempts == 1:
+            return logging.WARNING, ""
+        return logging.WARNING, f" (down for {now - self.since:.0f} s, {self.attempts} failed attempts)"
+
+    def recovered(self, now: float) -> tuple[float, int] | None:
+        """(seconds down, failed attempts) of the outage that just ended, or None if there was none."""
+        if self.since is None:
+            return None
+        ended = (now - self.since, self.attempts)
+        self.since, self.attempts, self._seen = None, 0, set()
+        return ended
 
 
 @dataclass(frozen=True)
@@ -223,6 +322,9 @@ class OpcUaConnector(BaseConnector):
             {"subscriptions": 0, "monitored_items": 0, "bad_nodes": 0, "initial_restamped": 0}
         )
         self._marked_bad = False  # this process published the nodes as bad (a lost or failed connection)
+        self._warned_nodes: set[tuple[str, str]] = set()  # (node id, reason) already logged at WARNING
+        self._outage = OutageLog()
+        quiet_asyncua_teardown()
 
     def _all_nodes(self) -> list[OpcUaNode]:
         return [n for g in self.cfg.groups() for n in g.nodes]
@@ -247,6 +349,10 @@ class OpcUaConnector(BaseConnector):
                 healthy = True
                 backoff.reset()
                 self.stats.source_connected = True
+                ended = self._outage.recovered(time.monotonic())
+                if ended is not None:
+                    log.info("connector %s: OPC UA %s is back after %.0f s (%d failed attempts)",
+                             self.id, self.cfg.endpoint, *ended)
 
             try:
                 await self._session(handler, on_up)
@@ -256,10 +362,12 @@ class OpcUaConnector(BaseConnector):
                 await check_cancelled()  # a cancellation in disguise is no source error
                 self.stats.source_errors += 1
                 self.stats.last_error = str(exc) if isinstance(exc, SecuritySetupError) else repr(exc)
-                # A security set-up problem needs a person: say it at every attempt, not only the first.
-                level = logging.ERROR if isinstance(exc, SecuritySetupError) else (
-                    logging.WARNING if healthy else logging.DEBUG)
-                log.log(level, "connector %s: OPC UA %s: %s", self.id, self.cfg.endpoint, self.stats.last_error)
+                level, more = self._outage.failed(self.stats.last_error, time.monotonic())
+                if isinstance(exc, SecuritySetupError):
+                    # A security set-up problem needs a person: say it at every attempt, not only the first.
+                    level = logging.ERROR
+                log.log(level, "connector %s: OPC UA %s: %s%s", self.id, self.cfg.endpoint, self.stats.last_error,
+                        more)
             self.stats.source_connected = False
             if healthy:
                 emit(self._bad_all())
@@ -305,10 +413,12 @@ class OpcUaConnector(BaseConnector):
         mode = _MODES[cfg.security_mode]
         match = [e for e in endpoints if e.SecurityPolicyUri == uri and e.SecurityMode == mode]
         if not match:
-            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
+            # asyncua names the mode `None_`; say it as the config key would
+            offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name.rstrip('_')}"
+                              for e in endpoints})
             raise SecuritySetupError(
                 f"{cfg.endpoint} does not offer security_policy {cfg.security_policy} with security_mode "
-                f"{cfg.security_mode}; it offers {offered}")
+                f"{cfg.security_mode}; it offers (security_policy/security_mode): {', '.join(offered) or 'nothing'}")
         got = _first_cert(match[0].ServerCertificate or b"")
         if got != pinned:
             raise SecuritySetupError(
@@ -359,44 +469,72 @@ class OpcUaConnector(BaseConnector):
         # Engine.connector_status).
         handler.connected_at = time.time() if self._marked_bad else None
         try:
-            await self._subscribe_all(client, handler)
+            failed = await self._subscribe_all(client, handler)
             on_up()
-            log.info("connector %s: subscribed to %d nodes on %s", self.id, len(handler.targets), self.cfg.endpoint)
+            total = len(handler.targets) + failed
+            if failed:
+                log.info("connector %s: subscribed to %d of %d nodes on %s (%d cannot be monitored, see above)",
+                         self.id, len(handler.targets), total, self.cfg.endpoint, failed)
+            else:
+                log.info("connector %s: subscribed to %d nodes on %s", self.id, total, self.cfg.endpoint)
             await self._watch(client, handler)
         finally:
             await self._close(client)
 
-    async def _resolve(self, client: Client, node_id: str) -> ua.NodeId:
-        nid = ua.NodeId.from_string(node_id)
-        if isinstance(nid, ua.ExpandedNodeId) and nid.NamespaceUri:
-            idx = await client.get_namespace_index(nid.NamespaceUri)
-            return ua.NodeId(nid.Identifier, ua.Int16(idx), nid.NodeIdType)
-        return nid
+    def _node_failed(self, handler: _Handler, node: OpcUaNode, reason: str) -> None:
+        """One node cannot be monitored: publish it bad once and go on with the others.
 
-    async def _subscribe_all(self, client: Client, handler: _Handler) -> None:
+        Said at WARNING the first time (per node and reason) and at DEBUG at every later session: it is a
+        configuration problem, not an outage, and the `bad_nodes` gauge keeps showing it.
+        """
+        key = (node.node_id, reason)
+        level = logging.DEBUG if key in self._warned_nodes else logging.WARNING
+        self._warned_nodes.add(key)
+        self.stats.source_errors += 1
+        log.log(level, "connector %s: cannot monitor %s (%s/%s): %s",
+                self.id, node.node_id, node.machine, node.signal, reason)
+        handler.emit([Sample(node.machine, node.signal, time.time(), None, "bad")])
+
+    async def _subscribe_all(self, client: Client, handler: _Handler) -> int:
+        """Subscribe every node that can be; returns how many cannot (each published bad once)."""
+        failed = 0
+        namespaces: list[str] | None = None
+        if any(_needs_namespaces(n.node_id) for n in self._all_nodes()):
+            # read once per session: the table can change between connections (firmware update)
+            async with asyncio.timeout(self.cfg.timeout_s * 2):
+                namespaces = [str(u) for u in await client.get_namespace_array()]
         handle = 0
         subs = 0
         for group in self.cfg.groups():
-            for part in chunks(group.nodes, self.cfg.max_nodes_per_subscription):
+            resolved: list[tuple[OpcUaNode, ua.NodeId]] = []
+            for n in group.nodes:
+                try:
+                    resolved.append((n, resolve_node_id(n.node_id, namespaces)))
+                except ValueError as exc:
+                    failed += 1
+                    self._node_failed(handler, n, str(exc))
+            for part in chunks(resolved, self.cfg.max_nodes_per_subscription):
                 async with asyncio.timeout(self.cfg.timeout_s * 2):
                     sub = await client.create_subscription(self._sub_params(group), handler)
                 subs += 1
                 requests: list[ua.MonitoredItemCreateRequest] = []
-                for n in part:
+                handles: list[int] = []
+                for n, nid in part:
                     handle += 1
+                    handles.append(handle)
                     handler.targets[handle] = _Target(n.machine, n.signal)
-                    requests.append(self._item_request(await self._resolve(client, n.node_id), handle, group, n))
+                    requests.append(self._item_request(nid, handle, group, n))
                 async with asyncio.timeout(self.cfg.timeout_s * 2):
                     results = await sub.create_monitored_items(requests)
-                for n, res in zip(part, results, strict=True):
+                for (n, _), h, res in zip(part, handles, results, strict=True):
                     if isinstance(res, ua.StatusCode):
-                        self.stats.extra["bad_nodes"] += 1
-                        self.stats.source_errors += 1
-                        log.error("connector %s: cannot monitor %s (%s/%s): %s",
-                                  self.id, n.node_id, n.machine, n.signal, res.name)
-                        handler.emit([Sample(n.machine, n.signal, time.time(), None, "bad")])
+                        failed += 1
+                        del handler.targets[h]
+                        self._node_failed(handler, n, res.name)
         self.stats.extra["subscriptions"] = subs
-        self.stats.extra["monitored_items"] = handle
+        self.stats.extra["monitored_items"] = len(handler.targets)
+        self.stats.extra["bad_nodes"] = failed  # a gauge: this session's, not a sum over reconnects
+        return failed
 
     def _sub_params(self, group: ResolvedOpcUaGroup) -> ua.CreateSubscriptionParameters:
         p = ua.CreateSubscriptionParameters()
