@@ -13,6 +13,9 @@ For 64-bit values the same rule applies to ``A..H``. For 16-bit types, ``DCBA`` 
 bytes of the register; ``ABCD`` and ``CDAB`` leave it as it is (Telegraf's convention).
 
 ``bit`` reads one bit of a 16-bit register (bit 0 = least significant, after the byte order is applied).
+
+`describe_exception` words a device's exception response (the device understood the request and refused
+it) for the person who has to fix the configuration or the device.
 """
 
 from __future__ import annotations
@@ -121,3 +124,36 @@ def apply_scale(value: Value, scale: float = 1.0, offset: float = 0.0) -> Value:
 
 def is_finite(value: Value) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
+
+
+# What a device's exception code means on a read, and what usually causes it in a plant.
+EXCEPTION_CODES: dict[int, tuple[str, str]] = {
+    1: ("illegal function", "the device does not serve this register kind: check `register`"),
+    2: ("illegal data address", "the device has no such register: check address / 0- vs 1-based"),
+    3: ("illegal data value", "the device refuses this address range or length: check the address and "
+                              "max_registers_per_read"),
+    4: ("server device failure", "the device failed to read it, or a wrong slave_id / unit id behind a gateway"),
+    5: ("acknowledge", "the device accepted the request but has not finished it"),
+    6: ("server device busy", "the device is busy: asked again at the next poll"),
+    8: ("memory parity error", "the device found its memory corrupt"),
+    10: ("gateway path unavailable", "the gateway has no path to this unit: wrong slave_id / unit id behind "
+                                     "a gateway, or the gateway's routing"),
+    11: ("gateway target device failed to respond", "nothing answered behind the gateway: wrong slave_id / "
+                                                    "unit id behind a gateway, or the device or its serial "
+                                                    "line is down"),
+}
+# Refused for the registers asked, not for the device as a whole: a smaller read can avoid them.
+ADDRESS_EXCEPTIONS: frozenset[int] = frozenset({2, 3})
+
+
+_UNKNOWN_EXCEPTION = ("unknown code", "not defined by the Modbus specification")
+
+
+def exception_name(code: int) -> str:
+    """``exception 2 illegal data address``."""
+    return f"exception {code} {EXCEPTION_CODES.get(code, _UNKNOWN_EXCEPTION)[0]}"
+
+
+def describe_exception(code: int) -> str:
+    """``exception 2 illegal data address (the device has no such register: ...)``."""
+    return f"{exception_name(code)} ({EXCEPTION_CODES.get(code, _UNKNOWN_EXCEPTION)[1]})"
