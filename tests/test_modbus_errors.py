@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,6 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from harness import MqttProbe
-from oee_stream import bus
 from oee_stream.bus import MqttSettings, Sample
 from oee_stream.connectors import ModbusConfig, build_connector, parse_connector
 from oee_stream.connectors.modbus import ModbusConnector, ReadBlock, plan_reads
@@ -36,6 +33,7 @@ from oee_stream.connectors.modbus_codec import describe_exception, encode
 from oee_stream.embedded import free_port
 from oee_stream.simulators.modbus_server import ModbusSimServer
 from oee_stream.simulators.simulate import SimEvent
+from tests.test_connectors import Collector as SiteCollector
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "oee_stream.connectors.modbus"
@@ -84,60 +82,34 @@ def test_plan_reads_never_spans_a_cut() -> None:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-class Collector:
-    """Samples of one site as they arrive on the broker."""
-
-    def __init__(self, url: str, site: str) -> None:
-        self.site = site
-        self.probe = MqttProbe(url).connect()
-        self.probe.subscribe(f"oee/v1/{site}/#")
-        self.samples: list[Sample] = []
-
-    def pump(self) -> None:
-        while True:
-            try:
-                msg = self.probe.messages.get_nowait()
-            except queue.Empty:
-                return
-            if "/_status/" not in msg.topic:
-                self.samples += bus.decode_samples(msg.topic, msg.payload)[1]
+class Collector(SiteCollector):
+    """The site's samples as they arrive on the broker, read per signal of furnace-1 by default."""
 
     def series(self, signal: str, machine: str = "furnace-1") -> list[Sample]:
         self.pump()
         return [s for s in self.samples if s.machine == machine and s.signal == signal]
 
-    def latest(self, signal: str, machine: str = "furnace-1") -> Sample | None:
+    def last(self, signal: str, machine: str = "furnace-1") -> Sample | None:
         got = self.series(signal, machine)
         return got[-1] if got else None
-
-    async def wait(self, pred: Callable[[Collector], Any], what: str, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not pred(self):
-            if time.monotonic() > deadline:
-                tail = [(s.signal, s.value, s.quality) for s in self.samples[-12:]]
-                raise TimeoutError(f"timed out waiting for {what}; last samples: {tail}")
-            await asyncio.sleep(0.02)
-
-    def close(self) -> None:
-        self.probe.close()
 
 
 def values_ok(c: Collector, signals: tuple[str, ...] = SIGNALS, **over: Any) -> bool:
     want = {**FURNACE, **over}
     for signal in signals:
-        s = c.latest(signal)
+        s = c.last(signal)
         if s is None or s.quality != "good" or s.value != want[signal]:
             return False
     return True
 
 
 def is_good(c: Collector, signal: str, value: Any = None) -> bool:
-    s = c.latest(signal)
+    s = c.last(signal)
     return s is not None and s.quality == "good" and (value is None or s.value == value)
 
 
 def is_bad(c: Collector, signal: str) -> bool:
-    s = c.latest(signal)
+    s = c.last(signal)
     return s is not None and s.quality == "bad" and s.value is None
 
 

@@ -10,12 +10,11 @@ import base64
 import binascii
 import math
 import re
-import types
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import ParseResult, urlparse
 
 from pydantic import (
@@ -36,6 +35,7 @@ from oee_stream.config_files import (
     ConfigError,
     FieldPath,
     FieldProblems,
+    _field_types,
     did_you_mean,
     load_yaml,
     validation_problems,
@@ -48,19 +48,10 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 # a topic segment: no MQTT wildcards or separators, and not starting with "_" (reserved for _status etc.)
 
 
-def _alternatives(tp: Any) -> list[Any]:
-    origin = get_origin(tp)
-    if origin is Annotated:
-        return _alternatives(get_args(tp)[0])
-    if origin is Union or origin is types.UnionType:
-        return [t for arg in get_args(tp) for t in _alternatives(arg)]
-    return [tp]
-
-
 def _expected(tp: Any) -> str:
     """What a field takes, for a message: its allowed values, or the kind of value."""
     parts: list[str] = []
-    for alt in _alternatives(tp):
+    for alt in _field_types(tp):
         origin = get_origin(alt)
         if origin is Literal:
             parts.append("one of " + ", ".join(repr(a) for a in get_args(alt)))
@@ -88,7 +79,7 @@ class _Strict(BaseModel):
         if v is not None or info.field_name is None:
             return v
         f = cls.model_fields[info.field_name]
-        if type(None) in _alternatives(f.annotation):
+        if type(None) in _field_types(f.annotation):
             return v
         default = "" if f.default in (PydanticUndefined, None) else f" (leave the key out for the default {f.default!r})"
         raise ValueError(f"the value is empty; expected {_expected(f.annotation)}{default}")
