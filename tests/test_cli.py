@@ -313,6 +313,51 @@ def test_service_settings_errors(plant_file: Path, command: str, env: dict[str, 
     fails(cli(command, "--config", plant_file, env=env), message)
 
 
+def test_mqtt_url_schemes() -> None:
+    from oee_stream.bus import MqttSettings
+    from oee_stream.cli import _check_mqtt_url
+
+    for url in ("mqtt://b:1883", "tcp://b:1883", "mqtts://b", "ssl://b"):  # tcp/ssl: paho's names
+        _check_mqtt_url(url, "OEE_MQTT_URL")
+    assert (MqttSettings("tcp://b").port, MqttSettings("tcp://b").tls) == (1883, False)
+    assert (MqttSettings("ssl://b").port, MqttSettings("ssl://b").tls) == (8883, True)
+    fails(cli("connectors", "--config", REPO / "deploy" / "demo" / "plant.yaml", env={"OEE_MQTT_URL": "ws://b:9001"}),
+          "OEE_MQTT_URL: 'ws://b:9001' is not an MQTT broker URL; expected mqtt://host:port or mqtts://host:port "
+          "(TLS); tcp:// and ssl:// mean the same")
+
+
+def _edge_env(tmp_path: Path) -> dict[str, str]:
+    """Nothing listens at the PLCs' and the broker's addresses: the connectors start and keep retrying."""
+    return {"OEE_DATA_DIR": str(tmp_path / "var"), "OEE_MQTT_URL": f"mqtt://127.0.0.1:{nothing_listening()}",
+            "OEE_SIM_OPCUA_ENDPOINT": f"opc.tcp://127.0.0.1:{nothing_listening()}/oee-stream/sim/",
+            "OEE_SIM_MODBUS_CONTROLLER": f"tcp://127.0.0.1:{nothing_listening()}"}
+
+
+def test_connectors_spool_in_use(tmp_path: Path, plant_file: Path) -> None:
+    """Two `oee-stream connectors` on one data directory: the second stops with the spool's path, exit 2."""
+    from oee_stream.connectors.spool import DiskSpool
+
+    env = _edge_env(tmp_path)
+    spool = tmp_path / "var" / "spool" / "opcua-demo"
+    with DiskSpool(spool):
+        err = fails(cli("connectors", "--config", plant_file, "--connectors", REPO / "connectors", env=env))
+    assert err == (f"error: connector 'opcua-demo': spool {spool} is in use by another process (two connectors with "
+                   "the same id, or the same spool_dir?); is another `oee-stream connectors` or `run` with "
+                   f"OEE_DATA_DIR={tmp_path / 'var'} running?")
+
+
+def test_connectors_spool_dir_is_a_file(tmp_path: Path, plant_file: Path) -> None:
+    conn = tmp_path / "conn"
+    conn.mkdir()
+    in_the_way = tmp_path / "spool"
+    in_the_way.write_text("not a folder")
+    text = (REPO / "connectors" / "modbus-demo.yaml").read_text()
+    (conn / "modbus-demo.yaml").write_text(text.replace("publish:\n", f"publish:\n  buffer: disk\n  spool_dir: {in_the_way}\n"))
+    fails(cli("connectors", "--config", plant_file, "--connectors", conn, env=_edge_env(tmp_path)),
+          f"error: connector 'modbus-demo': cannot create spool directory {in_the_way}:",
+          "a file is in the way: point publish.spool_dir (or OEE_DATA_DIR) at a folder")
+
+
 def test_run_unreachable_database(tmp_path: Path, plant_file: Path) -> None:
     env = {"OEE_DATABASE_URL": f"postgresql://oee:s3cret@127.0.0.1:{nothing_listening()}/oee",
            "OEE_MQTT_URL": f"mqtt://127.0.0.1:{nothing_listening()}", "OEE_API_PORT": str(free_port()),

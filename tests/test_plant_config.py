@@ -128,6 +128,58 @@ def test_empty_file_and_wrong_top_level(tmp_path: Path) -> None:
     assert errors_of(tmp_path) == [f"{tmp_path}: is a folder, not a YAML file"]
 
 
+def test_an_impossible_date_is_one_problem_with_its_field_and_line(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ('      - {name: night, start: "22:00", end: "06:00"}\n',
+                              '      - {name: night, start: "22:00", end: "06:00"}\n    exceptions:\n'
+                              '      - {date: 2026-02-30, kind: holiday}\n'))
+    line = p.read_text().splitlines().index("      - {date: 2026-02-30, kind: holiday}") + 1
+    # PyYAML raises a bare ValueError for it; validation must not report the value a second time
+    assert errors_of(p) == [f"{p}: calendars.default.exceptions.0.date: 2026-02-30 is not a date: day is out of "
+                            f"range for month (line {line}, column 16)"]
+    with pytest.raises(ConfigError, match="not a date"):
+        load_plant(p)
+
+
+def test_an_impossible_date_in_a_connector_file(tmp_path: Path) -> None:
+    conn = tmp_path / "conn"
+    conn.mkdir()
+    (conn / "a.yaml").write_text("kind: opcua\nid: a\nsite: alu-works\nendpoint: opc.tcp://h:4840\n"
+                                 "nodes: [{node_id: 'ns=2;s=x', machine: press-1, signal: 2026-13-01 10:00:00}]\n")
+    report = check(DEMO_PLANT, conn)
+    assert report.errors == [f"{conn / 'a.yaml'}: nodes.0.signal: 2026-13-01 10:00:00 is not a date and time: "
+                             "month must be in 1..12 (line 5, column 57)"]
+
+
+def test_a_code_written_as_a_number_and_as_text_is_defined_twice(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ("    5: {class: planned_stop, reason: cleaning}\n",
+                              '    5: {class: planned_stop, reason: cleaning}\n    "5": {class: running}\n'),
+                   ("6063: {ideal_rate_per_h: 36.0, code: 1}",
+                    "6063: {ideal_rate_per_h: 36.0, code: 1}\n          '6063': {ideal_rate_per_h: 30.0}"))
+    lines = p.read_text().splitlines()
+    code = lines.index("    5: {class: planned_stop, reason: cleaning}") + 1
+    alloy = lines.index("          6063: {ideal_rate_per_h: 36.0, code: 1}") + 1
+    assert errors_of(p) == [
+        f'{p}: state_tables.press.5: defined twice (lines {code}, {code + 1}); 5 and "5" are one key here, only '
+        "the last would be kept",
+        f"{p}: lines.1.machines.0.products.6063: defined twice (lines {alloy}, {alloy + 1}); 6063 and '6063' are "
+        "one key here, only the last would be kept",
+    ]
+
+
+def test_state_codes_are_whole_numbers_as_written(tmp_path: Path) -> None:
+    # YAML 1.1 reads `yes` as true (== 1) and `5.0` as 5: neither may become a code or hide one
+    p = plant_file(tmp_path, ("    5: {class: planned_stop, reason: cleaning}\n",
+                              "    yes: {class: planned_stop, reason: cleaning}\n    6.0: {class: running}\n"
+                              "    ' 7': {class: running}\n"))
+    assert errors_of(p) == [
+        f"{p}: state_tables.press.yes: the key 'yes' is not a whole number",
+        f"{p}: state_tables.press.6.0: the key '6.0' is not a whole number",
+        f"{p}: state_tables.press. 7: the key ' 7' is not a whole number",
+    ]
+    p = plant_file(tmp_path, ("    5: {class: planned_stop, reason: cleaning}\n", '    "5": {class: planned_stop}\n'))
+    assert load_plant(p).state_tables["press"][5].time_class == "planned_stop"  # a quoted code is still the code
+
+
 # ------------------------------------------------------------------------------------------ messages
 
 
@@ -165,7 +217,8 @@ def test_bad_ids_ranges_and_keys_are_explained(tmp_path: Path) -> None:
     assert errors_of(p) == [
         f"{p}: rolling_windows.1.seconds: -1 is not allowed; it should be greater than 0",
         f"{p}: state_tables.furnace.x: the key 'x' is not a whole number",
-        f"{p}: lines.1.machines.0.id: 'furnace 1' is not allowed: letters, digits, '_', '.' and '-' only",
+        f"{p}: lines.1.machines.0.id: 'furnace 1' is not allowed: letters, digits, '_', '.' and '-', starting "
+        "with a letter or digit",
     ]
 
 
@@ -199,6 +252,94 @@ def test_state_code_machine_without_table(tmp_path: Path) -> None:
     p = plant_file(tmp_path, ("        state_table: press\n", ""))
     assert errors_of(p) == [f"{p}: lines.0.machines.0.state_table: state_source 'state_code' (the default) needs "
                             "state_table, a key of state_tables; or set state_source: run_bit or counts"]
+
+
+def test_ids_follow_the_connectors_rule(tmp_path: Path) -> None:
+    # `_status` is the bus's own topic segment; the connector files refuse such ids too
+    p = plant_file(tmp_path, ("  id: alu-works", "  id: _alu"), ("- id: caster-1", "- id: _status"),
+                   ("constraint: caster-1", "constraint: furnace-1"), ("- id: casthouse", "- id: .."),
+                   ("area: casthouse", "area: _cast"))
+    allowed = "letters, digits, '_', '.' and '-', starting with a letter or digit"
+    assert errors_of(p) == [
+        f"{p}: site.id: '_alu' is not allowed: {allowed}",
+        f"{p}: lines.1.id: '..' is not allowed: {allowed}",
+        f"{p}: lines.1.area: '_cast' is not allowed: {allowed}",
+        f"{p}: lines.1.machines.1.id: '_status' is not allowed: {allowed}",
+    ]
+
+
+def test_rolling_window_names(tmp_path: Path) -> None:
+    # a segment of the result topic and of API paths
+    p = plant_file(tmp_path, ("{name: 24h, seconds: 86400}", '{name: "24h/#", seconds: 86400}'))
+    assert errors_of(p) == [f"{p}: rolling_windows.3.name: '24h/#' is not allowed: letters, digits, '_', '.' and "
+                            "'-', starting with a letter or digit"]
+    p = plant_file(tmp_path, ("{name: 1h, seconds: 3600}", "{name: 15m, seconds: 3600}"),
+                   ("{name: 8h, seconds: 28800}", "{name: shift, seconds: 28800}"),
+                   ("{name: 24h, seconds: 86400}", "{name: 24h, seconds: 86400}\n  - {name: week, seconds: 60}"))
+    assert errors_of(p) == [
+        f"{p}: rolling_windows.1.name: '15m' is already the name of rolling_windows.0; results of both would be "
+        "stored as one window",
+        f"{p}: rolling_windows.2.name: 'shift' is the name of a calendar window (shift, day, hour, week, range); "
+        "choose another, e.g. '8h'",
+        f"{p}: rolling_windows.4.name: 'week' is the name of a calendar window (shift, day, hour, week, range); "
+        "choose another, e.g. '8h'",
+    ]
+
+
+_SHIFTS = ('      - {name: early, start: "06:00", end: "14:00"}\n'
+           '      - {name: late, start: "14:00", end: "22:00"}\n'
+           '      - {name: night, start: "22:00", end: "06:00"}\n')
+
+
+def test_calendars_that_never_produce(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ("    shifts:\n" + _SHIFTS, "    shifts: []\n"))
+    assert errors_of(p) == [f"{p}: calendars.default.shifts: no shifts: every hour would be unscheduled, its "
+                            "machines would never have production time; list the recurring shifts"]
+    p = plant_file(tmp_path, ('{name: late, start: "14:00", end: "22:00"}', '{name: late, start: "14:00", end: "22:00", days: []}'))
+    assert errors_of(p) == [f"{p}: calendars.default.shifts.1.days: no weekday: the shift would never start; list "
+                            "the days it starts on (mon..sun), or leave days out for every day"]
+    # a machine run only on given dates: no recurring shifts, its days as replace exceptions
+    p = plant_file(tmp_path, ("    shifts:\n" + _SHIFTS, "    shifts: []\n    exceptions:\n      - {date: 2026-12-24, "
+                              'kind: replace, shifts: [{name: early, start: "06:00", end: "14:00"}]}\n'))
+    assert check(p).ok
+
+
+def test_breaks_lie_inside_their_shift(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ("    shifts:\n" + _SHIFTS, "    shifts:\n"
+                              '      - {name: early, start: "06:00", end: "14:00", breaks: [{start: "16:00", end: "16:30"}, '
+                              '{start: "10:30", end: "10:00"}, {start: "09:00", end: "09:30"}, {start: "13:30", end: "14:00"}]}\n'
+                              '      - {name: late, start: "14:00", end: "22:00"}\n'
+                              '      - {name: night, start: "22:00", end: "06:00", breaks: [{start: "23:45", end: "00:15"}, '
+                              '{start: "05:50", end: "06:10"}]}\n'))
+    assert errors_of(p) == [
+        f"{p}: calendars.default.shifts.0.breaks.0: 16:00-16:30 is not inside the shift 06:00-14:00; a break lies "
+        "within its shift (one of a night shift may cross midnight)",
+        f"{p}: calendars.default.shifts.0.breaks.1: 10:30-10:00 is not inside the shift 06:00-14:00; a break lies "
+        "within its shift (one of a night shift may cross midnight)",
+        f"{p}: calendars.default.shifts.2.breaks.1: 05:50-06:10 is not inside the shift 22:00-06:00; a break lies "
+        "within its shift (one of a night shift may cross midnight)",
+    ]
+
+
+def test_a_holiday_with_shifts(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, (_SHIFTS, _SHIFTS + "    exceptions:\n      - {date: 2026-12-24, kind: holiday, "
+                              'shifts: [{name: early, start: "06:00", end: "12:00"}]}\n'))
+    assert errors_of(p) == [f"{p}: calendars.default.exceptions.0.shifts: a 'holiday' cancels the day's shifts, "
+                            "these would be ignored; set kind: replace to work these shifts that day"]
+
+
+def test_state_tables_lines_and_products_that_cannot_work(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ("  furnace:\n", "  furnace: {}\n  old-furnace:\n"),
+                   ("6063: {ideal_rate_per_h: 36.0, code: 1}", "6063: {ideal_rate_per_h: 36.0, code: -1}"))
+    assert errors_of(p) == [
+        f"{p}: lines.1.machines.0.products.6063.code: -1 is not allowed; it should be greater than or equal to 0"]
+    p = plant_file(tmp_path, ("  furnace:\n", "  furnace: {}\n  old-furnace:\n"))
+    assert errors_of(p) == [f"{p}: lines.1.machines.0.state_table: state_tables.furnace has no codes: every state "
+                            "would be unmapped and the machine's time unknown; list the PLC's codes in it"]
+    text = DEMO_TEXT.split("\nlines:\n")[0] + "\nlines:\n  - {id: empty, machines: []}\n"
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    assert errors_of(p) == [f"{p}: lines.0.machines: no machines: a line needs at least one"]
 
 
 # ------------------------------------------------------------------------------------------ duplicates
@@ -281,6 +422,28 @@ def test_duplicate_shift_names_on_a_common_day_warn(tmp_path: Path) -> None:
         "on the same day (tue); shift results and reports cannot tell them apart"]
 
 
+def test_overlapping_shifts_of_a_replaced_day_warn(tmp_path: Path) -> None:
+    report = shifts(tmp_path, '{name: early, start: "06:00", end: "14:00"}',
+                    '{name: late, start: "14:00", end: "22:00"}\n    exceptions:\n'
+                    '      - date: 2026-12-24\n        kind: replace\n        shifts:\n'
+                    '          - {name: early, start: "06:00", end: "12:00"}\n'
+                    '          - {name: inventory, start: "11:00", end: "15:00", days: [mon]}\n'
+                    '          - {name: late, start: "15:00", end: "18:00"}')
+    assert report.warnings == [
+        f"{tmp_path / 'plant.yaml'}: calendars.default.exceptions.0.shifts.1: shift 'inventory' overlaps shift "
+        "'early' (shifts.0) on 2026-12-24 11:00-12:00; time covered twice counts once, a break only where every "
+        "covering shift has one"]
+
+
+def test_a_state_table_the_machine_does_not_read_warns(tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ("state_table: press\n", "state_table: press\n        state_source: run_bit\n"))
+    report = check(p)
+    assert report.ok
+    assert report.warnings == [
+        f"{p}: lines.0.machines.0.state_table: not used with state_source: run_bit (the state comes from the "
+        "'run' signal); remove it, or set state_source: state_code to map the 'state' signal through it"]
+
+
 # ------------------------------------------------------------------------------------------ every file
 
 
@@ -359,6 +522,19 @@ def test_cli_plant_from_the_environment_and_no_default_connectors(cli: CliRunner
     assert res.stdout.startswith(f"ok: {DEMO_PLANT} (site alu-works")
     assert res.stderr == ("warning: no connector folder given (--connectors or OEE_CONNECTORS) and the default "
                           "connectors does not exist here: only the plant model was checked\n")
+
+
+def test_cli_impossible_date_is_one_error_line(cli: CliRunner, tmp_path: Path) -> None:
+    p = plant_file(tmp_path, ('      - {name: night, start: "22:00", end: "06:00"}\n',
+                              '      - {name: night, start: "22:00", end: "06:00"}\n    exceptions:\n'
+                              '      - {date: 2026-02-30, kind: holiday}\n'))
+    res = cli.invoke(app, ["check-config", "--config", str(p), "--connectors", str(DEMO_CONNECTORS)])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    (error, summary) = res.stderr.splitlines()
+    assert error.startswith(f"error: {p}: calendars.default.exceptions.0.date: 2026-02-30 is not a date: day is out "
+                            "of range for month (line ")
+    assert summary == "1 error, 0 warnings"
 
 
 def test_cli_missing_connector_folder(cli: CliRunner) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +26,8 @@ from urllib.parse import urlparse
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 BUS_VERSION = 1
 PREFIX = f"oee/v{BUS_VERSION}"
@@ -34,6 +36,8 @@ Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: tuple[Quality, ...] = ("good", "uncertain", "bad")
 
 log = logging.getLogger(__name__)
+# The broker connection's events, for the journal of an edge box or the plant server.
+broker_log = structlog.get_logger("oee.bus")
 
 # Signals the engine understands; any other signal name is informational (stored, not used for KPIs).
 KPI_SIGNALS = ("state", "run", "total", "reject", "input", "product", "startup_reject")
@@ -246,6 +250,57 @@ class _Will:
 
 
 LOOP_STOP_TIMEOUT_S = 6.0  # paho's connect timeout (5 s) and one slice of its reconnect wait (1 s)
+# paho retries every 1-10 s; while the broker stays away that is logged once, then this often.
+RECONNECT_LOG_EVERY_S = 60.0
+
+# MQTT 3.1.1 CONNACK refusals, as paho names them, in an operator's words.
+_REFUSALS = {
+    "Not authorized": "not authorised (user name or password wrong, or the user may not connect)",
+    "Bad user name or password": "bad user name or password",
+    "Server unavailable": "the broker is unavailable",
+    "Client identifier not valid": "client id refused by the broker",
+    "Unsupported protocol version": "the broker does not speak MQTT 3.1.1",
+}
+
+
+class _Client(mqtt.Client):
+    """paho's client, keeping why the last connection attempt failed: its `on_connect_fail` is not told."""
+
+    connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            return super().reconnect()
+        except OSError as exc:
+            self.connect_error = exc
+            raise
+
+
+def _os_error_words(exc: OSError | None) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if exc is None:
+        return "cannot connect"
+    return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def _disconnect_words(flags: Any, rc: Any) -> str:
+    name = str(rc)
+    if getattr(flags, "is_disconnect_packet_from_server", False):
+        return f"closed by the broker: {name.lower()}"
+    if name == "Keep alive timeout":
+        return "connection lost (no answer within the keep-alive)"
+    if name in ("Unspecified error", "Success", "Normal disconnection"):
+        return "connection lost"
+    return name.lower()
 
 
 @dataclass
@@ -275,7 +330,8 @@ class BusClient:
 
     def __post_init__(self) -> None:
         cid = self.session or self.settings.client_id or f"oee-stream-{uuid.uuid4().hex[:10]}"
-        self._client = mqtt.Client(
+        self._client_id = cid
+        self._client = _Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=cid,
             clean_session=self.session is None,
@@ -294,10 +350,42 @@ class BusClient:
         self._client.max_queued_messages_set(0)
         self._client.max_inflight_messages_set(100)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._thread_connected = threading.Event()
         self._closing = threading.Event()
+        self._reset_outage()
+
+    # what the connection-state log lines need; only paho's thread touches these
+    def _reset_outage(self) -> None:
+        self._down_since: float | None = None  # monotonic time of the first failure or of the loss
+        self._failures = 0  # connection attempts failed since then
+        self._last_reason: str | None = None
+        self._next_report = 0.0
+        self._refused = False  # the broker answered the last CONNECT with a refusal
+
+    def _where(self) -> dict[str, Any]:
+        return {"broker": f"{self.settings.host}:{self.settings.port}", "client": self._client_id}
+
+    def _failed(self, reason: str) -> None:
+        """One failed connection attempt: logged at once when the reason is new, then every
+        RECONNECT_LOG_EVERY_S while the broker stays away (paho retries every 1-10 s)."""
+        if self._closing.is_set():
+            return
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._failures += 1
+        if reason != self._last_reason:
+            broker_log.warning("mqtt_connect_failed", **self._where(), reason=reason, retrying="every 1-10 s")
+        elif now >= self._next_report:
+            broker_log.warning("mqtt_reconnecting", **self._where(), reason=reason, attempts=self._failures,
+                               down_s=round(now - self._down_since))
+        else:
+            return
+        self._last_reason = reason
+        self._next_report = now + RECONNECT_LOG_EVERY_S
 
     def set_will(self, topic: str, payload: bytes) -> None:
         self.will = _Will(topic, payload)
@@ -306,7 +394,15 @@ class BusClient:
     # paho callbacks run in paho's thread
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         if getattr(rc, "is_failure", False):
+            self._refused = True
+            self._failed(f"refused: {_REFUSALS.get(str(rc), str(rc).lower())}")
             return
+        if self._down_since is not None:
+            broker_log.info("mqtt_connected", **self._where(),
+                            down_s=round(time.monotonic() - self._down_since, 1), attempts=self._failures)
+        else:
+            broker_log.info("mqtt_connected", **self._where())
+        self._reset_outage()
         for t in self.subscriptions:
             client.subscribe(t, qos=1)
         for m in self.on_connect_messages:
@@ -315,10 +411,24 @@ class BusClient:
         with contextlib.suppress(RuntimeError):  # the event loop is closed already
             self._loop.call_soon_threadsafe(self._connected.set)
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._failed(_os_error_words(getattr(client, "connect_error", None)))
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        was_connected = self._thread_connected.is_set()
         self._thread_connected.clear()
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._connected.clear)
+        if self._closing.is_set():
+            return
+        if was_connected:
+            broker_log.warning("mqtt_disconnected", **self._where(), reason=_disconnect_words(flags, rc),
+                               reconnecting=True)
+            self._down_since = time.monotonic()
+        elif self._refused:  # the refusal was logged by _on_connect
+            self._refused = False
+        else:  # the connection dropped between CONNECT and the broker's answer
+            self._failed(_disconnect_words(flags, rc))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         m = Message(msg.topic, bytes(msg.payload), bool(msg.retain))
@@ -352,6 +462,7 @@ class BusClient:
         self._queue = asyncio.Queue(self.queue_size)
         self._connected = asyncio.Event()
         self._closing.clear()
+        self._reset_outage()
         # connect_async + loop_start: paho keeps retrying in its thread, so a broker that is down at
         # start-up is not fatal; callers wait on `wait_connected` with their own timeout.
         self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)

@@ -95,9 +95,10 @@ def _check_mqtt_url(url: str, name: str) -> None:
         port_ok = u.port is None or u.port > 0
     except ValueError:
         port_ok = False
+    # tcp:// and ssl:// are the names paho and other MQTT tools use for mqtt:// and mqtts:// (bus.MqttSettings).
     if u.scheme not in ("mqtt", "mqtts", "ssl", "tcp") or not u.hostname or not port_ok:
         raise ConfigError(f"{name}: {_redact(url)!r} is not an MQTT broker URL; "
-                          "expected mqtt://host:port or mqtts://host:port")
+                          "expected mqtt://host:port or mqtts://host:port (TLS); tcp:// and ssl:// mean the same")
 
 
 @contextlib.contextmanager
@@ -174,6 +175,7 @@ def run(
 @app.command()
 def connectors(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
     """Run only the connectors (an edge box next to the PLCs), publishing to OEE_MQTT_URL."""
+    from oee_stream.connectors.spool import SpoolError
     from oee_stream.edge import run_connectors
     from oee_stream.service import log_config_warnings
 
@@ -181,7 +183,7 @@ def connectors(plant: PlantOpt = None, connectors: ConnOpt = None) -> None:
         s = _settings(plant, connectors)
         log_config_warnings(s.plant, s.connectors)
         asyncio.run(run_connectors(s))
-    except ConfigError as exc:
+    except (ConfigError, SpoolError) as exc:
         _fail(exc)
 
 

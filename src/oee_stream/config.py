@@ -64,6 +64,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# An id is a segment of MQTT topics and API paths; the connector files use the same rule. A leading "_" is
+# reserved for the bus's own segments (`_status`, `_oee`, `_line`, ...), and "." or ".." is no path part.
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
 class StateCode(_Strict):
     time_class: Literal["running", "planned_stop", "unplanned_stop", "unknown"] = Field(alias="class")
     reason: str | None = None
@@ -74,7 +79,7 @@ class Product(_Strict):
 
     ideal_cycle_time_s: Annotated[float, Field(gt=0)] | None = None
     ideal_rate_per_h: Annotated[float, Field(gt=0)] | None = None
-    code: int | None = None  # numeric product code a PLC reports instead of the name
+    code: Annotated[int, Field(ge=0)] | None = None  # what a PLC register reports instead of the name
 
     @model_validator(mode="after")
     def _one_of(self) -> Product:
@@ -107,6 +112,22 @@ def _time_input(v: Any) -> Any:
 
 LocalTime = Annotated[time, BeforeValidator(_time_input)]
 
+_DAY_S = 86400
+
+
+def _seconds(t: time) -> int:
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+def _length(start: time, end: time) -> int:
+    """Seconds from `start` to `end`; an `end` at or before `start` is on the next day (as in the engine)."""
+    return (_seconds(end) - _seconds(start)) % _DAY_S or _DAY_S
+
+
+def _clock(s: int) -> str:
+    s %= _DAY_S
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}"
+
 
 class Break(_Strict):
     start: LocalTime
@@ -124,6 +145,25 @@ class Shift(_Strict):
     days: list[Weekday] = Field(default_factory=lambda: list(ALL_DAYS))
     breaks: list[Break] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _check(self) -> Shift:
+        problems: list[tuple[FieldPath, str]] = []
+        if not self.days:
+            problems.append((("days",), "no weekday: the shift would never start; list the days it starts on "
+                                        "(mon..sun), or leave days out for every day"))
+        # The engine clips a break to its shift: a break outside it would silently be no break at all,
+        # a reversed one (10:30-10:00) would run to the shift's end.
+        start, length = _seconds(self.start), _length(self.start, self.end)
+        for i, b in enumerate(self.breaks):
+            offset = (_seconds(b.start) - start) % _DAY_S
+            if offset + _length(b.start, b.end) > length:
+                problems.append((("breaks", i), f"{_clock(_seconds(b.start))}-{_clock(_seconds(b.end))} is not "
+                                                f"inside the shift {_clock(start)}-{_clock(_seconds(self.end))}; "
+                                                "a break lies within its shift (one of a night shift may cross "
+                                                "midnight)"))
+        raise_problems(problems)
+        return self
+
 
 class CalendarException(_Strict):
     """A date whose shifts are cancelled (`holiday`) or replaced by the listed shifts (`replace`)."""
@@ -131,6 +171,13 @@ class CalendarException(_Strict):
     date: date
     kind: Literal["holiday", "replace"] = "holiday"
     shifts: list[Shift] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _holiday_has_no_shifts(self) -> CalendarException:
+        if self.kind == "holiday" and self.shifts:
+            raise FieldProblems([(("shifts",), "a 'holiday' cancels the day's shifts, these would be ignored; "
+                                               "set kind: replace to work these shifts that day")])
+        return self
 
 
 class Calendar(_Strict):
@@ -151,6 +198,14 @@ class Calendar(_Strict):
             seen[exc.date] = i
         return v
 
+    @model_validator(mode="after")
+    def _some_production(self) -> Calendar:
+        # Without shifts only a 'replace' exception gives production time (a machine run on given dates).
+        if not self.shifts and not any(exc.kind == "replace" and exc.shifts for exc in self.exceptions):
+            raise FieldProblems([(("shifts",), "no shifts: every hour would be unscheduled, its machines would "
+                                               "never have production time; list the recurring shifts")])
+        return self
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
@@ -169,7 +224,7 @@ class MachineKind(StrEnum):
 
 
 class Machine(_Strict):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    id: Id
     name: str | None = None
     kind: MachineKind = MachineKind.discrete
     unit: str = "pcs"
@@ -227,15 +282,17 @@ class Machine(_Strict):
 
 
 class Line(_Strict):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    id: Id
     name: str | None = None
-    area: str = "default"
+    area: Id = "default"
     constraint: str | None = None
     machines: list[Machine]
 
     @model_validator(mode="after")
     def _constraint(self) -> Line:
         ids = [m.id for m in self.machines]
+        if not ids:
+            raise FieldProblems([(("machines",), "no machines: a line needs at least one")])
         if self.constraint is not None and self.constraint not in ids:
             raise FieldProblems([(("constraint",), _constraint_message(self.constraint, ids))])
         return self
@@ -251,7 +308,7 @@ class Policies(_Strict):
 
 
 class Site(_Strict):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    id: Id
     name: str | None = None
     timezone: str = "UTC"
 
@@ -259,8 +316,12 @@ class Site(_Strict):
 
 
 class RollingWindow(_Strict):
-    name: str
+    name: Id  # a segment of the result topic `.../_oee/{window}` and a value of the API's `window`
     seconds: Annotated[float, Field(gt=0)]
+
+
+# Window names the engine (shift, day, hour) and the API (week, range) give their own windows.
+RESERVED_WINDOWS = ("shift", "day", "hour", "week", "range")
 
 
 def _default_rolling() -> list[RollingWindow]:
@@ -272,19 +333,56 @@ def _default_rolling() -> list[RollingWindow]:
     ]
 
 
+def _state_code(v: Any) -> Any:
+    # pydantic would also take 5.0, "5.0", " 5" or true as a code and merge it with the real one.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v):
+        return int(v)
+    raise ValueError(f"{v!r} is not a whole number")
+
+
+StateCodeKey = Annotated[int, BeforeValidator(_state_code), Field(ge=0)]
+
+
 class Plant(_Strict):
     site: Site
     policies: Policies = Field(default_factory=Policies)
     rolling_windows: list[RollingWindow] = Field(default_factory=_default_rolling)
     calendars: dict[str, Calendar]
-    state_tables: dict[str, dict[Annotated[int, Field(ge=0)], StateCode]] = Field(default_factory=dict)
+    state_tables: dict[str, dict[StateCodeKey, StateCode]] = Field(default_factory=dict)
     lines: list[Line]
+
+    @field_validator("rolling_windows")
+    @classmethod
+    def _window_names(cls, v: list[RollingWindow]) -> list[RollingWindow]:
+        problems: list[tuple[FieldPath, str]] = []
+        seen: dict[str, int] = {}
+        for i, w in enumerate(v):
+            if w.name in RESERVED_WINDOWS:
+                problems.append(((i, "name"), f"{w.name!r} is the name of a calendar window ("
+                                              f"{', '.join(RESERVED_WINDOWS)}); choose another, e.g. '8h'"))
+            elif w.name in seen:
+                problems.append(((i, "name"), f"{w.name!r} is already the name of rolling_windows.{seen[w.name]}; "
+                                              "results of both would be stored as one window"))
+            else:
+                seen[w.name] = i
+        raise_problems(problems)
+        return v
 
     @model_validator(mode="after")
     def _refs(self) -> Plant:
         lines = [(line.id, line.constraint, [(m.id, m.calendar, m.state_table) for m in line.machines])
                  for line in self.lines]
-        raise_problems(reference_problems(lines, list(self.calendars), list(self.state_tables)))
+        problems = reference_problems(lines, list(self.calendars), list(self.state_tables))
+        for li, line in enumerate(self.lines):
+            for mi, m in enumerate(line.machines):
+                if m.state_source == "state_code" and m.state_table is not None \
+                        and self.state_tables.get(m.state_table) == {}:
+                    problems.append((("lines", li, "machines", mi, "state_table"),
+                                     f"state_tables.{m.state_table} has no codes: every state would be unmapped "
+                                     "and the machine's time unknown; list the PLC's codes in it"))
+        raise_problems(problems)
         return self
 
     @property
@@ -434,23 +532,12 @@ def load_plant(path: Path | str) -> Plant:
 
 # ------------------------------------------------------------------------------------------ warnings
 
-_DAY_S = 86400
 _WEEK_S = 7 * _DAY_S
-
-
-def _seconds(t: time) -> int:
-    return t.hour * 3600 + t.minute * 60 + t.second
-
-
-def _clock(s: int) -> str:
-    s %= _DAY_S
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}"
 
 
 def _week_spans(shift: Shift) -> list[tuple[int, int]]:
     """[start, end) of each occurrence in seconds after Monday 00:00 (may run past the week's end)."""
-    start = _seconds(shift.start)
-    length = (_seconds(shift.end) - start) % _DAY_S or _DAY_S
+    start, length = _seconds(shift.start), _length(shift.start, shift.end)
     return [(ALL_DAYS.index(d) * _DAY_S + start, ALL_DAYS.index(d) * _DAY_S + start + length) for d in shift.days]
 
 
@@ -466,8 +553,19 @@ def _overlap(a: Shift, b: Shift) -> tuple[int, int] | None:
     return min(found) if found else None
 
 
+def _day_overlap(a: Shift, b: Shift) -> tuple[int, int] | None:
+    """Where two shifts starting on the same day are both on, in seconds after that day's midnight."""
+    a0, b0 = _seconds(a.start), _seconds(b.start)
+    lo, hi = max(a0, b0), min(a0 + _length(a.start, a.end), b0 + _length(b.start, b.end))
+    return (lo, hi) if hi > lo else None
+
+
+_OVERLAP_EFFECT = "time covered twice counts once, a break only where every covering shift has one"
+
+
 def plant_warnings(plant: Plant, source: Path | str) -> list[str]:
-    """Valid but probably unintended: shifts of one calendar that overlap or share a name on a day."""
+    """Valid but probably unintended: shifts of one calendar (or of one replaced day) that overlap or share
+    a name on a day; a state table a machine does not read."""
     out: list[str] = []
     for cname, cal in plant.calendars.items():
         for j, b in enumerate(cal.shifts):
@@ -481,6 +579,25 @@ def plant_warnings(plant: Plant, source: Path | str) -> list[str]:
                 if span is not None:
                     day = ALL_DAYS[span[0] // _DAY_S]
                     out.append(f"{where}: shift {b.name!r} overlaps shift {a.name!r} (shifts.{i}) on {day} "
-                               f"{_clock(span[0])}-{_clock(span[1])}; time covered twice counts once, "
-                               "a break only where every covering shift has one")
+                               f"{_clock(span[0])}-{_clock(span[1])}; {_OVERLAP_EFFECT}")
+        for k, exc in enumerate(cal.exceptions):
+            # A replaced day's shifts all start that day; their `days` do not apply.
+            for j, b in enumerate(exc.shifts):
+                for i, a in enumerate(exc.shifts[:j]):
+                    where = f"{source}: calendars.{cname}.exceptions.{k}.shifts.{j}"
+                    if a.name == b.name:
+                        out.append(f"{where}.name: {b.name!r} is also the name of shifts.{i} on "
+                                   f"{exc.date.isoformat()}; shift results and reports cannot tell them apart")
+                    day_span = _day_overlap(a, b)
+                    if day_span is not None:
+                        out.append(f"{where}: shift {b.name!r} overlaps shift {a.name!r} (shifts.{i}) on "
+                                   f"{exc.date.isoformat()} {_clock(day_span[0])}-{_clock(day_span[1])}; "
+                                   f"{_OVERLAP_EFFECT}")
+    for li, line in enumerate(plant.lines):
+        for mi, m in enumerate(line.machines):
+            if m.state_table is not None and m.state_source != "state_code":
+                signal = "run" if m.state_source == "run_bit" else "total"
+                out.append(f"{source}: lines.{li}.machines.{mi}.state_table: not used with state_source: "
+                           f"{m.state_source} (the state comes from the {signal!r} signal); remove it, or set "
+                           "state_source: state_code to map the 'state' signal through it")
     return out

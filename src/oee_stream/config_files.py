@@ -89,19 +89,65 @@ class Sexagesimal(int):
 # ------------------------------------------------------------------------------------------ YAML files
 
 
+class Unreadable:
+    """A scalar that YAML recognises by its form but cannot build (the date 2026-02-30).
+
+    `load_yaml` reports it once, with its line. It is no value of any type, so every field refuses it, and
+    validation leaves those refusals out of its messages.
+    """
+
+    def __init__(self, text: str, problem: str) -> None:
+        self.text = text
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_STR = "tag:yaml.org,2002:str"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# YAML 1.1 reads the key `yes` (or `on`) as true, equal to 1, and `5.0` as a float, equal to 5; no mapping
+# of ours has such keys, so they stay the text that was written.
+_KEY_AS_WRITTEN = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that remembers the text of base-60 integers (see `Sexagesimal`)."""
+    """SafeLoader that remembers the text of base-60 integers (see `Sexagesimal`) and keeps an impossible
+    date as text (see `Unreadable`) instead of raising a bare ValueError."""
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         value: int = super().construct_yaml_int(node)
         return Sexagesimal(value, node.value) if ":" in str(node.value) else value
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:  # datetime's own words: "day is out of range for month"
+            match = self.timestamp_regexp.match(str(node.value))
+            what = "date and time" if match and match.group("hour") else "date"
+            return Unreadable(str(node.value), f"{node.value} is not a {what}: {exc}")
+
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor(_TIMESTAMP, _Loader.construct_yaml_timestamp)
 
 
-def _duplicate_keys(loader: _Loader, root: yaml.Node, source: Path | str) -> list[str]:
-    """Keys defined twice in one mapping; YAML itself keeps the last one silently."""
+def _written(node: yaml.ScalarNode) -> str:
+    quote = node.style if node.style in ("'", '"') else ""
+    return f"{quote}{node.value}{quote}"
+
+
+def _same_key(key: Any) -> Any:
+    # `5` and `"5"` are two keys to YAML but one to the models: state codes are read as numbers, product
+    # names as text, so one of them would silently replace the other.
+    if isinstance(key, str) and key.isdigit() and str(int(key)) == key:
+        return int(key)
+    return key
+
+
+def _node_problems(loader: _Loader, root: yaml.Node, source: Path | str) -> list[str]:
+    """Keys defined twice in one mapping (YAML itself keeps the last one silently) and dates that do not
+    exist; keys that YAML would read as true/false or a fraction are kept as written (`_KEY_AS_WRITTEN`)."""
     problems: list[str] = []
     visited: set[int] = set()
 
@@ -110,25 +156,36 @@ def _duplicate_keys(loader: _Loader, root: yaml.Node, source: Path | str) -> lis
             return
         visited.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
+            first: dict[Any, tuple[int, str]] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
                     continue
                 if isinstance(key_node, yaml.ScalarNode):
-                    key = loader.construct_object(key_node)
-                    label = str(key)
+                    if key_node.tag in _KEY_AS_WRITTEN:
+                        key_node.tag = _STR
+                    key = _same_key(loader.construct_object(key_node))
+                    label, written = str(key_node.value), _written(key_node)
                 else:
-                    key, label = id(key_node), "(complex key)"
+                    key, label, written = id(key_node), "(complex key)", ""
                 line = key_node.start_mark.line + 1
                 if key in first:
+                    line0, written0 = first[key]
+                    keep = ("YAML would keep only the last" if written == written0 else
+                            f"{written0} and {written} are one key here, only the last would be kept")
                     problems.append(f"{source}: {'.'.join((*path, label))}: defined twice "
-                                    f"(lines {first[key]}, {line}); YAML would keep only the last")
+                                    f"(lines {line0}, {line}); {keep}")
                 else:
-                    first[key] = line
+                    first[key] = (line, written)
                 walk(value_node, (*path, label))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 walk(item, (*path, str(i)))
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _TIMESTAMP:
+            value = loader.construct_object(node)
+            if isinstance(value, Unreadable):
+                mark = node.start_mark
+                problems.append(f"{source}: {'.'.join(path) or '(top level)'}: {value.problem} "
+                                f"(line {mark.line + 1}, column {mark.column + 1})")
 
     walk(root, ())
     return problems
@@ -169,10 +226,12 @@ def load_yaml(path: Path | str) -> tuple[Any, list[str]]:
         root = loader.get_single_node()
         if root is None:
             return None, []
-        problems = _duplicate_keys(loader, root, p)
+        problems = _node_problems(loader, root, p)
         return loader.construct_document(root), problems
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error(p, exc)) from None
+    except ValueError as exc:  # a constructor's own error; a timestamp's is turned into a problem above
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     finally:
         loader.dispose()
 
@@ -310,6 +369,8 @@ def validation_problems(source: Path | str, exc: ValidationError,
     """
     out: list[str] = []
     for err in exc.errors():
+        if isinstance(err.get("input"), Unreadable):  # `load_yaml` reported it, with its line
+            continue
         loc = [str(p) for p in err["loc"]]
         key_error = bool(loc) and loc[-1] == "[key]"
         if key_error:

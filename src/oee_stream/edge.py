@@ -10,21 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
+from collections.abc import Sequence
 
 import structlog
 
 from oee_stream.config import ConfigError, load_plant
-from oee_stream.connectors import build_connector, check_connectors, load_connectors
+from oee_stream.connectors import Connector, SpoolError, build_connector, check_connectors, load_connectors
 from oee_stream.settings import Settings
 
 log = structlog.get_logger("oee")
+
+# While the broker is away, how many samples wait is logged this often (and when they are all sent).
+BUFFER_LOG_EVERY_S = 60.0
+BUFFER_POLL_S = 1.0
 
 
 async def run_connectors(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run every connector in `settings.connectors` until SIGINT/SIGTERM (or `stop` is set).
 
-    Raises ConfigError before connecting to anything when the files are wrong, and re-raises the first
-    connector failure (systemd restarts the unit)."""
+    Raises ConfigError before connecting to anything when the files are wrong, SpoolError naming the
+    connector and the spool when a disk buffer cannot be opened, and re-raises the first other connector
+    failure (systemd restarts the unit). The broker is not waited for: samples are spooled until it answers.
+    """
     if settings.mqtt_url is None:
         raise ConfigError("OEE_MQTT_URL is not set (the connectors publish to the plant's MQTT broker)")
     plant = load_plant(settings.plant)
@@ -41,18 +49,55 @@ async def run_connectors(settings: Settings, stop: asyncio.Event | None = None) 
         loop.add_signal_handler(sig, stop.set)
     tasks = [asyncio.create_task(c.run(), name=f"connector-{c.id}") for c in connectors]
     stopper = asyncio.create_task(stop.wait())
-    log.info("connectors_started", connectors=[c.id for c in connectors], broker=ms.host)
+    reporter = asyncio.create_task(_report_buffers(connectors))
+    log.info("connectors_started", connectors=[c.id for c in connectors], broker=f"{ms.host}:{ms.port}")
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t is not stopper and not t.cancelled() and t.exception() is not None:
-                log.error("connector_failed", task=t.get_name(), error=str(t.exception()))
-                raise t.exception()  # type: ignore[misc]
+            exc = None if t is stopper or t.cancelled() else t.exception()
+            if isinstance(exc, SpoolError):
+                # The command's one error line says it all; a traceback would only bury it.
+                raise SpoolError(_spool_problem(t.get_name().removeprefix("connector-"), exc, settings)) from None
+            if exc is not None:
+                log.error("connector_failed", task=t.get_name(), error=str(exc))
+                raise exc
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        for t in [*tasks, stopper]:
+        for t in [*tasks, stopper, reporter]:
             t.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, stopper, reporter, return_exceptions=True)
         log.info("connectors_stopped")
+
+
+def _spool_problem(connector: str, exc: SpoolError, settings: Settings) -> str:
+    text = f"connector {connector!r}: {exc}"
+    if isinstance(exc.__cause__, FileExistsError | NotADirectoryError):
+        text += "; a file is in the way: point publish.spool_dir (or OEE_DATA_DIR) at a folder"
+    if isinstance(exc.__cause__, BlockingIOError):  # the spool's lock is held
+        text += f"; is another `oee-stream connectors` or `run` with OEE_DATA_DIR={settings.data_dir} running?"
+    return text
+
+
+async def _report_buffers(connectors: Sequence[Connector]) -> None:
+    """Log how many samples wait for the broker: when a connector starts buffering, every
+    BUFFER_LOG_EVERY_S while it does, and once they are all sent (the journal is where an edge box is read)."""
+    next_log: dict[str, float] = {}  # connectors that are buffering
+    while True:
+        await asyncio.sleep(BUFFER_POLL_S)
+        now = time.monotonic()
+        for c in connectors:
+            st = c.stats
+            if c.id in next_log:
+                if not st.buffered:
+                    del next_log[c.id]
+                    log.info("connector_buffer_sent", connector=c.id, broker_connected=st.broker_connected)
+                elif now >= next_log[c.id]:
+                    next_log[c.id] = now + BUFFER_LOG_EVERY_S
+                    log.warning("connector_buffering", connector=c.id, samples=st.buffered,
+                                broker_connected=st.broker_connected)
+            elif st.buffered and not st.broker_connected:
+                next_log[c.id] = now + BUFFER_LOG_EVERY_S
+                log.warning("connector_buffering", connector=c.id, samples=st.buffered,
+                            broker_connected=st.broker_connected)
