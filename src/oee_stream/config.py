@@ -320,8 +320,10 @@ class RollingWindow(_Strict):
     seconds: Annotated[float, Field(gt=0)]
 
 
-# Window names the engine (shift, day, hour) and the API (week, range) give their own windows.
-RESERVED_WINDOWS = ("shift", "day", "hour", "week", "range")
+# The calendar windows the engine emits besides the rolling ones (in its window-kind order), and the
+# names the API adds (week, range): no rolling window may take them.
+CALENDAR_WINDOWS = ("shift", "day", "hour")
+RESERVED_WINDOWS = (*CALENDAR_WINDOWS, "week", "range")
 
 
 def _default_rolling() -> list[RollingWindow]:

@@ -93,7 +93,6 @@ class ChangeFilter:
     def __init__(self) -> None:
         self.results: dict[ResultKey, tuple[Any, ...]] = {}
         self.intervals: dict[IntervalKey, tuple[Any, ...]] = {}
-        self.removed: list[IntervalKey] = []  # written before, no longer emitted (see changed_intervals)
 
     def changed_results(self, results: list[KpiResult]) -> list[KpiResult]:
         out: list[KpiResult] = []
@@ -107,10 +106,14 @@ class ChangeFilter:
         self.results = seen
         return out
 
-    def changed_intervals(self, intervals: list[StateInterval], since: float) -> list[StateInterval]:
+    def changed_intervals(self, intervals: list[StateInterval],
+                          since: float) -> tuple[list[StateInterval], list[IntervalKey]]:
+        """(intervals to write, (machine, start) of written ones to delete)."""
         out: list[StateInterval] = []
+        current: set[IntervalKey] = set()
         for iv in intervals:
             k = (iv.machine, iv.start)
+            current.add(k)
             sig = (iv.end, iv.time_class, iv.reason, iv.reason_source)
             if self.intervals.get(k) != sig:
                 out.append(iv)
@@ -119,11 +122,10 @@ class ChangeFilter:
         # re-derivation (its rows moved to other start times): it goes from the database too, or an open
         # one would stay open and grow for ever. (One that started earlier may just have ended before
         # `since` since the last write, so it is only forgotten.)
-        current = {(iv.machine, iv.start) for iv in intervals}
         kept = {k: v for k, v in self.intervals.items() if v[0] is None or v[0] > since}
-        self.removed = [k for k in kept if k not in current and k[1] >= since]
+        removed = [k for k in kept if k not in current and k[1] >= since]
         self.intervals = {k: v for k, v in kept.items() if k in current}
-        return out
+        return out, removed
 
 
 # Reads the engine's samples of [start, end) for a warm start: (bus samples, numeric columns or None).
@@ -532,15 +534,15 @@ class EngineService:
             if changed:
                 await self.writer.write_results(changed)
             since = now - self.plant.policies.allowed_lateness_s - 10 * self.tick_s
-            intervals = self.changes.changed_intervals([
+            intervals, removed = self.changes.changed_intervals([
                 StateInterval(m, a, b, cls, reason,
                               None if not reason else ("rule" if reason in BUILTIN_REASONS else "plc"))
                 for m, a, b, cls, reason in self.engine.state_intervals(now, since)
                 if cls != "unscheduled"
             ], since)
             self.stats.intervals_written += len(intervals)
-            if self.changes.removed:
-                await self.writer.delete_state_intervals(self.changes.removed)
+            if removed:
+                await self.writer.delete_state_intervals(removed)
             if intervals:
                 await self.writer.write_state_intervals(intervals)
             metrics.DB_WRITE_RETRIES.set(self.writer.retries)

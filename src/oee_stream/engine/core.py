@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oee_stream.bus import Sample
-from oee_stream.config import Plant
+from oee_stream.config import CALENDAR_WINDOWS, Plant
 from oee_stream.engine import formulas as fx
 from oee_stream.engine.calendar import (
     CAL_EXCLUDED,
@@ -2221,7 +2221,7 @@ class Engine:
         n_m = cp.n
         machines = np.arange(n_m, dtype=np.int64)
         n_roll = len(self.plant.rolling_windows)
-        kinds: list[str] = [w.name for w in self.plant.rolling_windows] + ["shift", "day", "hour"]
+        kinds: list[str] = [w.name for w in self.plant.rolling_windows] + list(CALENDAR_WINDOWS)
         points: dict[tuple[Any, ...], int] = {("now",): 0}
 
         def pt(key: tuple[Any, ...]) -> int:

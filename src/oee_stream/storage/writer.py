@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from oee_stream.bus import Sample
-from oee_stream.config import Plant
+from oee_stream.config import CALENDAR_WINDOWS, Plant
 from oee_stream.engine.result import TIME_CLASSES, KpiResult
 from oee_stream.storage.schema import OEE_RESULT_COLUMNS, QUALITY_CODES, to_utc
 
@@ -180,7 +180,6 @@ _RESULTS_UPSERT_RETURNING = _RESULTS_UPSERT + " RETURNING " + ", ".join(RESULTS_
 # A rolling window's row is keyed by its start, which moves with every tick: the newest row of each
 # (entity, window) replaces the older ones, or the table would gain a row per window and tick (GBs a day).
 # Calendar windows (hour, shift, day) keep one row per period: they are the history.
-CALENDAR_WINDOW_KINDS = ("hour", "shift", "day")
 _ROLLING_PRUNE = """
 DELETE FROM oee_results o
 USING unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS n(entity, entity_kind, window_kind, window_start)
@@ -194,7 +193,7 @@ def _rolling_prune_args(rows: list[tuple[Any, ...]]) -> tuple[list[Any], ...] | 
     newest: dict[tuple[Any, ...], Any] = {}
     for row in rows:
         e, ek, wk, ws = (row[i] for i in _RK)
-        if wk not in CALENDAR_WINDOW_KINDS and ((e, ek, wk) not in newest or ws > newest[(e, ek, wk)]):
+        if wk not in CALENDAR_WINDOWS and ((e, ek, wk) not in newest or ws > newest[(e, ek, wk)]):
             newest[(e, ek, wk)] = ws
     if not newest:
         return None
