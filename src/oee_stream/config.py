@@ -66,7 +66,8 @@ class _Strict(BaseModel):
 
 # An id is a segment of MQTT topics and API paths; the connector files use the same rule. A leading "_" is
 # reserved for the bus's own segments (`_status`, `_oee`, `_line`, ...), and "." or ".." is no path part.
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
 class StateCode(_Strict):

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
-from oee_stream.config import Plant, load_plant_data, plant_warnings, raw_machine_ids
+from oee_stream.config import ID_PATTERN, Id, Plant, load_plant_data, plant_warnings, raw_machine_ids
 from oee_stream.config_files import (
     ConfigError,
     FieldPath,
@@ -43,9 +43,9 @@ from oee_stream.config_files import (
 from oee_stream.connectors.envsubst import expand_tree_with_placeholders
 from oee_stream.connectors.modbus_codec import ByteOrder, DataType, register_count
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-# a topic segment: no MQTT wildcards or separators, and not starting with "_" (reserved for _status etc.)
+# Connector ids, sites, machines and signals are topic segments (no MQTT wildcards or separators, no
+# leading "_", which is reserved for _status etc.): the plant model's id rule.
+Name = Id
 
 
 def _expected(tp: Any) -> str:
@@ -798,7 +798,7 @@ def connector_findings(plant: Plant | None, configs: Sequence[_ConnectorBase],
         return errors, warnings
     # A broken plant file may name a machine twice or with an invalid id: list (and suggest) only the ids
     # a connector can use.
-    machines = sorted({m for m in machine_ids if re.fullmatch(NAME_PATTERN, m)})
+    machines = sorted({m for m in machine_ids if re.fullmatch(ID_PATTERN, m)})
     producers: dict[tuple[str, str], str] = {}
     produced: dict[str, set[str]] = {}
     for cfg in configs:
